@@ -1,0 +1,49 @@
+"""Our own attention: multi-head scaled dot-product attention, position variants, hook points,
+interventions, and small Transformers built from them (a model family, and a lab with known truth)."""
+
+from attn_probe.attention.blocks import FeedForward, RMSNorm, TransformerBlock
+from attn_probe.attention.hooks import HookPoint, hook_points, hooks, record
+from attn_probe.attention.interventions import permute_weights, set_weights, uniform_weights
+from attn_probe.attention.masks import causal_mask
+from attn_probe.attention.models import DecoderLM, EncoderClassifier, ModelOutput, TransformerConfig
+from attn_probe.attention.multi_head import LogitParts, MultiHeadAttention
+from attn_probe.attention.position import (
+    POSITION_VARIANTS,
+    ALiBi,
+    LearnedAbsolute,
+    PositionEncoding,
+    RelativeShaw,
+    Rotary,
+    Sinusoidal,
+    T5RelativeBias,
+    make_position,
+)
+
+__all__ = [
+    "POSITION_VARIANTS",
+    "ALiBi",
+    "DecoderLM",
+    "EncoderClassifier",
+    "FeedForward",
+    "HookPoint",
+    "LearnedAbsolute",
+    "LogitParts",
+    "ModelOutput",
+    "MultiHeadAttention",
+    "PositionEncoding",
+    "RMSNorm",
+    "RelativeShaw",
+    "Rotary",
+    "Sinusoidal",
+    "T5RelativeBias",
+    "TransformerBlock",
+    "TransformerConfig",
+    "causal_mask",
+    "hook_points",
+    "hooks",
+    "make_position",
+    "permute_weights",
+    "record",
+    "set_weights",
+    "uniform_weights",
+]

@@ -1,0 +1,81 @@
+"""Hook functions that replace attention weights: the counterfactuals later tests need.
+
+Each factory returns a hook for a ``hook_weights`` point (``[batch, heads, q, k]``). ``head`` picks
+the heads to change (an int, a list, or ``None`` for all). The keys a query may attend to (its
+*support*) are read from the weights themselves: masked keys have exactly zero weight (see
+:class:`~attn_probe.attention.MultiHeadAttention`), so replacements never put weight on padding or on
+future tokens. A key whose weight underflowed to exactly 0 (logit gap above ~100) counts as masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from attn_probe.attention.hooks import HookFn, HookPoint
+
+HeadSelection = int | Sequence[int] | None
+
+
+def _heads_index(head: HeadSelection, num_heads: int) -> list[int]:
+    if head is None:
+        return list(range(num_heads))
+    heads = [head] if isinstance(head, int) else list(head)
+    for h in heads:
+        if not 0 <= h < num_heads:
+            raise IndexError(f"head {h} does not exist: this layer has heads 0..{num_heads - 1}")
+    return heads
+
+
+def _replace_heads(weights: torch.Tensor, heads: list[int], new: torch.Tensor) -> torch.Tensor:
+    """Copy of ``weights`` with the chosen heads taken from ``new`` (both ``[batch, heads, q, k]``)."""
+    out = weights.clone()
+    out[:, heads] = new[:, heads].to(weights.dtype)
+    return out
+
+
+def set_weights(matrix: torch.Tensor, head: HeadSelection = None) -> HookFn:
+    """Replace the weights of ``head`` by ``matrix`` (``[q, k]``, or anything broadcastable to
+    ``[batch, heads, q, k]``). The caller is responsible for rows summing to one."""
+
+    def hook(weights: torch.Tensor, _point: HookPoint) -> torch.Tensor:
+        heads = _heads_index(head, weights.shape[1])
+        new = torch.broadcast_to(matrix.to(weights.device), weights.shape)
+        return _replace_heads(weights, heads, new)
+
+    return hook
+
+
+def uniform_weights(head: HeadSelection = None) -> HookFn:
+    """Spread each query's weight evenly over the keys it may attend to."""
+
+    def hook(weights: torch.Tensor, _point: HookPoint) -> torch.Tensor:
+        heads = _heads_index(head, weights.shape[1])
+        support = (weights > 0).to(weights.dtype)  # [batch, heads, q, k]
+        count = support.sum(dim=-1, keepdim=True).clamp_min(1.0)
+        return _replace_heads(weights, heads, support / count)
+
+    return hook
+
+
+def permute_weights(seed: int = 0, head: HeadSelection = None) -> HookFn:
+    """Shuffle each query's weights among the keys it may attend to (Jain & Wallace 2019).
+
+    The permutation is drawn once per call from ``seed``, independently for every row, so the same
+    seed on the same input gives the same counterfactual.
+    """
+
+    def hook(weights: torch.Tensor, _point: HookPoint) -> torch.Tensor:
+        heads = _heads_index(head, weights.shape[1])
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        support = weights > 0  # [batch, heads, q, k]
+        keys = torch.arange(weights.shape[-1], device=weights.device).expand_as(weights)
+        # Both orders list the support first: the original order, and a random order of it.
+        original_order = torch.where(support, keys, keys + weights.shape[-1]).argsort(dim=-1)
+        random_keys = torch.rand(weights.shape, generator=generator).to(weights.device)
+        random_order = torch.where(support, random_keys, random_keys + 2.0).argsort(dim=-1)
+        permuted = torch.zeros_like(weights).scatter_(-1, random_order, weights.gather(-1, original_order))
+        return _replace_heads(weights, heads, permuted)
+
+    return hook
