@@ -86,6 +86,10 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint("[batch, n, embed]")
         self.hook_resid_post = HookPoint("[batch, n, embed]")
 
+    def attention_input(self, resid_pre: torch.Tensor) -> torch.Tensor:
+        """What the attention sees of the block's input (normalised first in a pre-norm block)."""
+        return self.attention_norm(resid_pre) if self.prenorm else resid_pre
+
     def forward(
         self,
         x: torch.Tensor,
@@ -97,7 +101,7 @@ class TransformerBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x [batch, n, embed] -> ([batch, n, embed], weights [batch, heads, n, n] or None)``."""
         x = self.hook_resid_pre(x)
-        attention_input = self.attention_norm(x) if self.prenorm else x
+        attention_input = self.attention_input(x)
         attended, weights = self.attention(
             attention_input, mask=mask, causal=causal, positions=positions, need_weights=need_weights
         )

@@ -36,8 +36,7 @@ def normalize_mask(mask: torch.Tensor, batch: int, num_queries: int, num_keys: i
         mask = mask[:, None, :, :]
     elif mask.dim() != 4:
         raise ValueError(
-            f"mask has {mask.dim()} dimensions; expected [batch, k] (padding), [batch, q, k] or "
-            "[batch, heads, q, k]"
+            f"mask has {mask.dim()} dimensions; expected [batch, k] (padding), [batch, q, k] or [batch, heads, q, k]"
         )
     expected = (batch, mask.shape[1], num_queries, num_keys)
     try:

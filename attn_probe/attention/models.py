@@ -42,7 +42,8 @@ class TransformerConfig:
     prenorm: bool = False  # False: BERT's post-norm; True: Llama's pre-norm with a final norm
     embedding_norm: bool = True  # BERT normalises the embedding sum
     mlp: str = "gelu"  # or "swiglu"
-    bias: bool = True
+    bias: bool = True  # on the attention projections (and the MLP unless mlp_bias says otherwise)
+    mlp_bias: bool | None = None  # None: same as `bias`
     dropout: float = 0.0
     attention_dropout: float = 0.0
     num_classes: int = 2
@@ -59,6 +60,10 @@ class TransformerConfig:
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.embed_dim // self.num_heads
+
+    @property
+    def resolved_mlp_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,7 +149,7 @@ class TransformerStack(nn.Module):
             self.layers.append(
                 TransformerBlock(
                     attention,
-                    FeedForward(config.embed_dim, config.ffn_dim, config.mlp, bias=config.bias),
+                    FeedForward(config.embed_dim, config.ffn_dim, config.mlp, bias=config.resolved_mlp_bias),
                     make_norm(config.norm, config.embed_dim, config.norm_eps),
                     make_norm(config.norm, config.embed_dim, config.norm_eps),
                     prenorm=config.prenorm,
@@ -167,7 +172,8 @@ class TransformerStack(nn.Module):
             raise ValueError(f"input_ids must be [batch, n], got shape {tuple(input_ids.shape)}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
             raise ValueError(
-                f"input_ids hold ids outside 0..{self.config.vocab_size - 1}: was the input tokenized for another model?"
+                f"input_ids hold ids outside 0..{self.config.vocab_size - 1}: "
+                "was the input tokenized for another model?"
             )
         if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # [n]

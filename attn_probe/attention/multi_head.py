@@ -23,7 +23,6 @@ Hook points (names relative to the module; shapes as they flow):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -226,7 +225,9 @@ class MultiHeadAttention(nn.Module):
             if key is not None:
                 raise ValueError("positions are for self-attention; cross-attention uses 0..n-1 on each side")
             if positions.shape[-1] != num_queries or positions.dim() not in (1, 2):
-                raise ValueError(f"positions must be [n] or [batch, n] with n={num_queries}, got {tuple(positions.shape)}")
+                raise ValueError(
+                    f"positions must be [n] or [batch, n] with n={num_queries}, got {tuple(positions.shape)}"
+                )
             return positions, positions
         query_positions = torch.arange(num_queries, device=query.device)
         if key is None:
@@ -302,10 +303,7 @@ class MultiHeadAttention(nn.Module):
             no_key = ~allowed.any(dim=-1, keepdim=True)  # [b|1, h|1, q, 1]
             # Rows with no allowed key would give NaN: open them, and zero their output below.
             allowed = allowed | no_key
-            if attn_mask is None:
-                attn_mask = allowed
-            else:
-                attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+            attn_mask = allowed if attn_mask is None else attn_mask.masked_fill(~allowed, float("-inf"))
         output = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
         )
