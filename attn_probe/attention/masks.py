@@ -39,13 +39,11 @@ def normalize_mask(mask: torch.Tensor, batch: int, num_queries: int, num_keys: i
             f"mask has {mask.dim()} dimensions; expected [batch, k] (padding), [batch, q, k] or [batch, heads, q, k]"
         )
     expected = (batch, mask.shape[1], num_queries, num_keys)
-    try:
-        torch.broadcast_shapes(mask.shape, expected)
-    except RuntimeError:
+    if any(have not in (1, want) for have, want in zip(mask.shape, expected, strict=True)):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not fit batch={batch}, queries={num_queries}, "
             f"keys={num_keys}: a padding mask is [batch, k]"
-        ) from None
+        )
     return mask
 
 

@@ -158,21 +158,31 @@ class MultiHeadAttention(nn.Module):
         k_rotated, v = self._repeat_kv(k_rotated), self._repeat_kv(v)  # [b, h, k, d]
 
         batch, num_queries, num_keys = q.shape[0], q.shape[2], k.shape[2]
-        allowed = combine_masks(mask, causal, batch, num_queries, num_keys, q.device)  # [b|1, h|1, q, k]
         position_term = None
         if self.position is not None:
             position_term = self.position.logit_term(q, query_positions, key_positions, self.scale)
             if position_term is not None:
                 position_term = self.hook_position(position_term)
 
-        if need_weights or self._weights_observed():
-            head_output, weights = self._explicit(
-                q_rotated, k_rotated, v, position_term, allowed, query_positions, key_positions
+        explicit = need_weights or self._weights_observed()
+        if not explicit and causal and mask is None and position_term is None and num_queries == num_keys:
+            # The fused kernel applies causality itself: no mask tensor to build.
+            head_output = F.scaled_dot_product_attention(
+                q_rotated, k_rotated, v, dropout_p=self._dropout_p(), is_causal=True, scale=self.scale
             )
-            weights_out = weights if need_weights else None
-        else:
-            head_output = self._fused(q_rotated, k_rotated, v, position_term, allowed, causal and mask is None)
             weights_out = None
+        else:
+            allowed = combine_masks(mask, causal, batch, num_queries, num_keys, q.device)  # [b|1, h|1, q, k]
+            # Rows with no key to attend to exist only under a user mask (causality keeps the diagonal).
+            no_key = _rows_without_keys(allowed) if mask is not None else None  # [b|1, h|1, q, 1] or None
+            if explicit:
+                head_output, weights = self._explicit(
+                    q_rotated, k_rotated, v, position_term, allowed, no_key, query_positions, key_positions
+                )
+                weights_out = weights if need_weights else None
+            else:
+                head_output = self._fused(q_rotated, k_rotated, v, position_term, allowed, no_key)
+                weights_out = None
         head_output = self.hook_head_output(head_output)  # [b, h, q, d]
 
         merged = head_output.transpose(1, 2).reshape(batch, num_queries, self.num_heads * self.head_dim)
@@ -219,7 +229,8 @@ class MultiHeadAttention(nn.Module):
 
     def _positions(
         self, query: torch.Tensor, key: torch.Tensor | None, positions: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Query and key positions; None when this module has no position variant to feed."""
         num_queries = query.shape[1]
         if positions is not None:
             if key is not None:
@@ -229,6 +240,8 @@ class MultiHeadAttention(nn.Module):
                     f"positions must be [n] or [batch, n] with n={num_queries}, got {tuple(positions.shape)}"
                 )
             return positions, positions
+        if self.position is None:
+            return None, None
         query_positions = torch.arange(num_queries, device=query.device)
         if key is None:
             return query_positions, query_positions
@@ -271,7 +284,10 @@ class MultiHeadAttention(nn.Module):
             or (self.position is not None and self.position.needs_weights)
         )
 
-    def _explicit(self, q, k, v, position_term, allowed, query_positions, key_positions):
+    def _dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+    def _explicit(self, q, k, v, position_term, allowed, no_key, query_positions, key_positions):
         logits = self._logits(q, k)  # [b, h, q, k]
         if position_term is not None:
             logits = logits + position_term
@@ -279,10 +295,10 @@ class MultiHeadAttention(nn.Module):
         if allowed is not None:
             logits = logits.masked_fill(~allowed, float("-inf"))
         weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)  # [b, h, q, k]
-        if allowed is not None:
+        if no_key is not None:
             # A query with no allowed key softmaxes -inf everywhere (NaN): give it zero weight instead,
             # without hiding NaNs that come from the inputs of any other row.
-            weights = weights.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+            weights = weights.masked_fill(no_key, 0.0)
         weights = self.hook_weights(weights)
         dropped = F.dropout(weights, self.dropout, self.training) if self.dropout else weights
         head_output = dropped @ v  # [b, h, q, d]
@@ -292,21 +308,20 @@ class MultiHeadAttention(nn.Module):
                 head_output = head_output + value_term
         return head_output, weights
 
-    def _fused(self, q, k, v, position_term, allowed, causal_only: bool):
-        if causal_only and position_term is None and q.shape[2] == k.shape[2]:
-            return F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.scale
-            )
+    def _fused(self, q, k, v, position_term, allowed, no_key):
         attn_mask = position_term
-        no_key = None
         if allowed is not None:
-            no_key = ~allowed.any(dim=-1, keepdim=True)  # [b|1, h|1, q, 1]
-            # Rows with no allowed key would give NaN: open them, and zero their output below.
-            allowed = allowed | no_key
+            if no_key is not None:
+                allowed = allowed | no_key  # rows with no key would give NaN: open them, zero them below
             attn_mask = allowed if attn_mask is None else attn_mask.masked_fill(~allowed, float("-inf"))
         output = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
-        )
-        if no_key is not None:
-            output = output.masked_fill(no_key, 0.0)
-        return output
+            q, k, v, attn_mask=attn_mask, dropout_p=self._dropout_p(), scale=self.scale
+        )  # [b, h, q, d]
+        return output if no_key is None else output.masked_fill(no_key, 0.0)
+
+
+def _rows_without_keys(allowed: torch.Tensor) -> torch.Tensor | None:
+    """``[b|1, h|1, q, 1]`` True where a query may attend to nothing; None when no such row exists
+    (the usual case, which then costs no pass over the big tensors)."""
+    no_key = ~allowed.any(dim=-1, keepdim=True)
+    return no_key if bool(no_key.any()) else None
