@@ -18,6 +18,7 @@ from torch import nn
 
 from attn_probe.attention.blocks import FeedForward, TransformerBlock, make_norm
 from attn_probe.attention.hooks import HookPoint
+from attn_probe.attention.masks import normalize_mask
 from attn_probe.attention.multi_head import MultiHeadAttention
 from attn_probe.attention.position import POSITION_VARIANTS, PositionEncoding, make_position
 
@@ -177,6 +178,9 @@ class TransformerStack(nn.Module):
             )
         if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # [n]
+        if attention_mask is not None:  # checked and made boolean once, not once per layer
+            batch, length = input_ids.shape
+            attention_mask = normalize_mask(attention_mask.to(input_ids.device), batch, length, length)
         x = self.embed(input_ids, positions, token_type_ids)  # [batch, n, embed]
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None

@@ -321,7 +321,13 @@ class MultiHeadAttention(nn.Module):
 
 
 def _rows_without_keys(allowed: torch.Tensor) -> torch.Tensor | None:
-    """``[b|1, h|1, q, 1]`` True where a query may attend to nothing; None when no such row exists
-    (the usual case, which then costs no pass over the big tensors)."""
+    """``[b|1, h|1, q, 1]`` True where a query may attend to nothing.
+
+    On the CPU, None when no such row exists (the usual case), so the big tensors are not filled. On
+    an accelerator that check would wait for the device to catch up (a sync per layer, which costs
+    more than the fill), so the mask is returned as it is.
+    """
     no_key = ~allowed.any(dim=-1, keepdim=True)
-    return no_key if bool(no_key.any()) else None
+    if no_key.device.type == "cpu" and not bool(no_key.any()):
+        return None
+    return no_key
