@@ -3,7 +3,7 @@ interventions, and small Transformers built from them (a model family, and a lab
 
 from attn_probe.attention.blocks import FeedForward, RMSNorm, TransformerBlock
 from attn_probe.attention.hooks import HookPoint, hook_points, hooks, record
-from attn_probe.attention.interventions import permute_weights, set_weights, uniform_weights
+from attn_probe.attention.interventions import permute_weights, scale_weights, set_weights, uniform_weights
 from attn_probe.attention.masks import causal_mask
 from attn_probe.attention.models import DecoderLM, EncoderClassifier, ModelOutput, TransformerConfig
 from attn_probe.attention.multi_head import LogitParts, MultiHeadAttention
@@ -44,6 +44,7 @@ __all__ = [
     "make_position",
     "permute_weights",
     "record",
+    "scale_weights",
     "set_weights",
     "uniform_weights",
 ]

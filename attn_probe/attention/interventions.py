@@ -1,5 +1,9 @@
 """Hook functions that replace attention weights: the counterfactuals later tests need.
 
+``set_weights`` (a given matrix), ``scale_weights`` (multiply), ``uniform_weights`` (spread evenly)
+and ``permute_weights`` (shuffle among the same keys) work on our own models' ``hook_weights`` points
+and, through :func:`attn_probe.capture.intervene`, on Hugging Face models.
+
 Each factory returns a hook for a ``hook_weights`` point (``[batch, heads, q, k]``). ``head`` picks
 the heads to change (an int, a list, or ``None`` for all). The keys a query may attend to (its
 *support*) are read from the weights themselves: masked keys have exactly zero weight (see
@@ -43,6 +47,20 @@ def set_weights(matrix: torch.Tensor, head: HeadSelection = None) -> HookFn:
         heads = _heads_index(head, weights.shape[1])
         new = torch.broadcast_to(matrix.to(weights.device), weights.shape)
         return _replace_heads(weights, heads, new)
+
+    return hook
+
+
+def scale_weights(factor: float, head: HeadSelection = None) -> HookFn:
+    """Multiply the weights of ``head`` by ``factor``, without renormalising.
+
+    ``factor=0`` removes what the head reads (its output becomes zero, a head ablation through its
+    weights); ``factor=2`` doubles its contribution. Rows then no longer sum to one, on purpose.
+    """
+
+    def hook(weights: torch.Tensor, _point: HookPoint) -> torch.Tensor:
+        heads = _heads_index(head, weights.shape[1])
+        return _replace_heads(weights, heads, weights * factor)
 
     return hook
 

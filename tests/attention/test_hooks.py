@@ -11,6 +11,7 @@ from attn_probe.attention import (
     hooks,
     permute_weights,
     record,
+    scale_weights,
     set_weights,
     uniform_weights,
 )
@@ -151,3 +152,16 @@ def test_set_weights_puts_a_given_matrix_in_place():
 def test_intervention_on_a_head_that_does_not_exist_is_explained():
     with pytest.raises(IndexError, match=r"heads 0\.\.3"):
         weights_under(uniform_weights(head=7))
+
+
+def test_scaling_a_head_to_zero_removes_what_it_reads():
+    module = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 5, 16)
+    with record(module, ["hook_head_output"]) as plain:
+        module(x)
+    with hooks(module, {"hook_weights": scale_weights(0.0, head=1)}), record(module, ["hook_head_output"]) as seen:
+        module(x)
+    assert torch.all(seen["hook_head_output"][:, 1] == 0)
+    torch.testing.assert_close(seen["hook_head_output"][:, 0], plain["hook_head_output"][:, 0])
+    _, doubled = weights_under(scale_weights(2.0, head=[0, 3]))
+    torch.testing.assert_close(doubled[:, [0, 3]].sum(-1), torch.full((2, 2, 6), 2.0))
