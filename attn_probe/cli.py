@@ -17,6 +17,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from attn_probe.models.offline import describe_offline
+
+    print("Offline models (no network needed; built or cached on first use):\n")
+    for row in describe_offline().itertuples():
+        state = f"cached at {row.path}" if row.cached else f"not built yet: {row.build}"
+        accuracy = (
+            "" if row.heldout_accuracy != row.heldout_accuracy else f", held-out accuracy {row.heldout_accuracy:.3f}"
+        )
+        print(f"  {row.name:<18} {row.task} ({row.architecture}){accuracy}")
+        print(f"  {'':<18} {row.description}")
+        print(f"  {'':<18} from {row.source}; {state}\n")
+    print(
+        "Any Hugging Face model id or local directory also works (attn_probe.models.load_model). Attention is "
+        "captured from\nevery architecture that dispatches through transformers' AttentionInterface (BERT, RoBERTa, "
+        "ELECTRA, DistilBERT,\nGPT-2, Llama, Qwen2, Mistral, T5, ...), from BLOOM and DeBERTa-v2 through their inline "
+        "eager attention, and\nfrom attn_probe's own models."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attn-probe", description="Is this attention map telling me what the model actually used?"
@@ -32,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--position", choices=POSITION_VARIANTS, default="t5", help="position variant (default t5)")
     demo.add_argument("--examples", type=_positive_int, default=512, help="held-out examples probed (default 512)")
     demo.set_defaults(handler=_demo)
+
+    models = commands.add_parser(
+        "models", help="list the offline models and the architectures attention is captured from"
+    )
+    models.set_defaults(handler=_models)
     return parser
 
 

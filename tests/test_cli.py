@@ -20,3 +20,11 @@ def test_bad_arguments_exit_with_a_message(arguments, capsys):
         main(arguments)
     assert exit_info.value.code == 2
     assert "attn-probe" in capsys.readouterr().err
+
+
+def test_models_lists_the_offline_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("minilm", "smollm2-135m", "minilm-sentiment"):
+        assert f"  {name} " in out
+    assert "AttentionInterface" in out
