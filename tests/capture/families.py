@@ -6,8 +6,6 @@ near-uniform weights every comparison would pass whatever the capture did.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import transformers as tf
 
@@ -54,30 +52,37 @@ SEQ2SEQ = {"t5"}
 DECODER_ONLY = {"gpt2", "llama", "qwen2", "mistral", "bloom"}
 
 
-def build(family: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    """The family's base model (for decoders: with its LM head) in eval mode."""
-    torch.manual_seed(seed)
+def _model_class(family: str):
     if family in SEQ2SEQ:
-        model_class = tf.AutoModelForSeq2SeqLM
-    elif family in DECODER_ONLY:
-        model_class = tf.AutoModelForCausalLM
-    else:
-        model_class = tf.AutoModelForSequenceClassification
+        return tf.AutoModelForSeq2SeqLM
+    if family in DECODER_ONLY:
+        return tf.AutoModelForCausalLM
+    return tf.AutoModelForSequenceClassification
+
+
+def build(family: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """The family's model with a head (classifier, LM or seq2seq) in eval mode.
+
+    Families that only have eager attention (BLOOM, DeBERTa-v2) refuse "sdpa" and get their own.
+    """
+    torch.manual_seed(seed)
     try:
-        model = model_class.from_config(CONFIGS[family](), attn_implementation=attn_implementation)
-    except (ValueError, ImportError):  # families that only have eager attention
+        model = _model_class(family).from_config(CONFIGS[family](), attn_implementation=attn_implementation)
+    except (ValueError, ImportError):
         torch.manual_seed(seed)
-        model = model_class.from_config(CONFIGS[family]())
+        model = _model_class(family).from_config(CONFIGS[family]())
     return model.eval()
 
 
-def twin(model: torch.nn.Module, attn_implementation: str = "eager") -> torch.nn.Module:
-    """The same weights loaded with another attention implementation (the reference)."""
-    copy = type(model)(model.config.__class__.from_dict(model.config.to_dict()))
+def twin(family: str, model: torch.nn.Module, attn_implementation: str = "eager") -> torch.nn.Module:
+    """The same weights in a model built with another attention implementation (the reference).
+
+    The implementation is checked: a reference silently left on SDPA would return no weights.
+    """
+    copy = build(family, attn_implementation)
     copy.load_state_dict(model.state_dict())
-    with contextlib.suppress(ValueError, ImportError):
-        copy.set_attn_implementation(attn_implementation)
-    return copy.eval()
+    assert copy.config._attn_implementation in (attn_implementation, "eager"), copy.config._attn_implementation
+    return copy.to(next(model.parameters()).device).eval()
 
 
 def batch(family: str, lengths=(7, 4), seed: int = 1) -> dict[str, torch.Tensor]:

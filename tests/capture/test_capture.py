@@ -13,9 +13,9 @@ REFERENCE_FIELDS = {"encoder": "attentions", "decoder": "attentions", "cross": "
 SEQ2SEQ_FIELDS = {"encoder": "encoder_attentions", "decoder": "decoder_attentions", "cross": "cross_attentions"}
 
 
-def eager_reference(model, inputs, stack):
+def eager_reference(family, model, inputs, stack):
     """``[batch, layers, heads, q, k]`` from the same weights loaded with eager attention."""
-    reference = twin(model, "eager")
+    reference = twin(family, model, "eager")
     with torch.no_grad():
         outputs = reference(**inputs, output_attentions=True)
     fields = SEQ2SEQ_FIELDS if model.config.model_type in SEQ2SEQ else REFERENCE_FIELDS
@@ -36,7 +36,7 @@ def test_captured_weights_equal_eager_attentions(family):
     expected_stacks = {"encoder", "decoder", "cross"} if family in SEQ2SEQ else {captured.main_stack}
     assert set(captured.stacks) == expected_stacks
     for stack, recorded in captured.stacks.items():
-        reference = eager_reference(model, inputs, stack)
+        reference = eager_reference(family, model, inputs, stack)
         assert recorded.weights.shape == reference.shape
         torch.testing.assert_close(recorded.weights, reference, rtol=0, atol=1e-6)
         assert recorded.weights.std() > 0.05  # far from uniform: the comparison can fail

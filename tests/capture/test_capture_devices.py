@@ -24,8 +24,7 @@ def test_capture_on_device_matches_eager_and_reports_drift(device, family):
     model = build(family, "sdpa").to(device)
     inputs = {key: value.to(device) for key, value in batch(family).items()}
     captured = capture(model, inputs)
-    reference = twin(model.cpu(), "eager").to(device)
-    model.to(device)
+    reference = twin(family, model, "eager")
     with torch.no_grad():
         outputs = reference(**inputs, output_attentions=True)
     attentions = outputs.encoder_attentions if family == "t5" else outputs.attentions
