@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from attn_probe.capture.backend import interface_capture
 from attn_probe.capture.native import native_capture, ours_capture
 from attn_probe.capture.recorder import EditKey, Recorder, SiteRecord, WeightsEdit
 from attn_probe.capture.sites import Site
+from attn_probe.capture.tokens import TokenizedBatch
 from attn_probe.models.families import Family, detect_family, output_projection
 
 
@@ -61,7 +62,7 @@ class AttentionCapture:
     mechanism: str  # "ours", "interface" or "native"
     backend: str  # the attention implementation the model was loaded with
     drift: float | None = None  # max |logits(model's own backend) - logits(capture)|; None if not measured
-    notes: list[str] = field(default_factory=list)
+    batch: TokenizedBatch | None = None  # tokens, special-token mask and words, when the inputs came from tokenize()
 
     @property
     def weights(self) -> torch.Tensor:
@@ -131,6 +132,7 @@ def capture(
         mechanism=family.mechanism,
         backend=_backend_of(model, family),
         drift=drift,
+        batch=inputs if isinstance(inputs, TokenizedBatch) else None,
     )
 
 
@@ -166,6 +168,8 @@ def _mechanism(model: nn.Module, family: Family, recorder: Recorder) -> Abstract
 def _as_model_inputs(inputs: Mapping[str, torch.Tensor] | Any) -> dict[str, torch.Tensor]:
     if isinstance(inputs, Mapping):
         model_inputs = dict(inputs)
+    elif isinstance(inputs, TokenizedBatch):
+        model_inputs = inputs.model_inputs()
     elif hasattr(inputs, "input_ids"):
         model_inputs = {"input_ids": inputs.input_ids, "attention_mask": getattr(inputs, "attention_mask", None)}
     else:
