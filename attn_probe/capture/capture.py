@@ -103,15 +103,7 @@ def capture(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
         model_inputs["attention_mask"] = attention_mask
-    recorder = Recorder.for_model(
-        model,
-        main_stack=family.main_stack,
-        is_encoder_decoder=family.is_encoder_decoder,
-        is_decoder_only=family.is_decoder_only,
-        edits=edits,
-        keep_values=keep_values,
-        detach=not grad,
-    )
+    recorder = _recorder(model, family, edits, keep_values=keep_values, detach=not grad)
     with torch.set_grad_enabled(grad), _mechanism(model, family, recorder):
         outputs = model(**model_inputs)
     recorder.check_edits_applied()
@@ -144,17 +136,23 @@ def intervene(model: nn.Module, edits: Mapping[EditKey, WeightsEdit | list[Weigh
     ...     logits = model(**inputs).logits
     """
     family = detect_family(model)
-    recorder = Recorder.for_model(
+    recorder = _recorder(model, family, edits, keep=False)
+    with _mechanism(model, family, recorder):
+        yield
+    recorder.check_edits_applied()
+
+
+def _recorder(
+    model: nn.Module, family: Family, edits: Mapping[EditKey, WeightsEdit | list[WeightsEdit]] | None, **options: bool
+) -> Recorder:
+    return Recorder.for_model(
         model,
         main_stack=family.main_stack,
         is_encoder_decoder=family.is_encoder_decoder,
         is_decoder_only=family.is_decoder_only,
         edits=edits,
-        keep=False,
+        **options,
     )
-    with _mechanism(model, family, recorder):
-        yield
-    recorder.check_edits_applied()
 
 
 def _mechanism(model: nn.Module, family: Family, recorder: Recorder) -> AbstractContextManager[None]:
