@@ -1,0 +1,26 @@
+"""Explanation methods: token importance for one target, attention-derived and gradient / perturbation based.
+
+Every method follows the contract of ``base.py`` and is listed by :func:`list_methods`.
+"""
+
+from attn_probe.methods.base import (
+    METHOD_FAMILIES,
+    ExplainContext,
+    Explanation,
+    MethodInfo,
+    explain,
+    get_method,
+    list_methods,
+    register,
+)
+
+__all__ = [
+    "METHOD_FAMILIES",
+    "ExplainContext",
+    "Explanation",
+    "MethodInfo",
+    "explain",
+    "get_method",
+    "list_methods",
+    "register",
+]
