@@ -46,7 +46,10 @@ def _ms(seconds: float) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table of the columns every entry shares (case, times, ratio, spread, agreement)."""
+    """A fixed-width table of the columns every entry shares (case, times, ratio, spread, agreement).
+
+    Entries without a paired spread or a target (a cost table, say) show "-" there.
+    """
     header = (
         f"{'case':<44} {'ours ms':>9} {'ref ms':>9} {'ratio':>6} {'paired q25-q75':>14} "
         f"{'max |diff|':>10} {'target':>6}  ok"
@@ -57,10 +60,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         verdict = "yes" if row["meets_target"] else "NO"
         if not row.get("outputs_agree", True):
             verdict += " (outputs DIFFER)"
+        spread = (
+            f"{row['paired_ratio_q25']:6.3f}-{row['paired_ratio_q75']:<7.3f}"
+            if row.get("paired_ratio_q25") is not None
+            else f"{'-':>14}"
+        )
+        target = f"{row['target']:6.2f}" if row.get("target") is not None else f"{'-':>6}"
         lines.append(
             f"{row['case']:<44} {_ms(row['ours_median_s'])} {_ms(row['reference_median_s'])} "
-            f"{row['ratio']:6.3f} {row['paired_ratio_q25']:6.3f}-{row['paired_ratio_q75']:<7.3f} "
-            f"{max(diffs, default=0.0):10.2e} {row['target']:6.2f}  {verdict}"
+            f"{row['ratio']:6.3f} {spread} {max(diffs, default=0.0):10.2e} {target}  {verdict}"
         )
     return "\n".join(lines)
 
