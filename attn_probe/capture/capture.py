@@ -40,6 +40,7 @@ class StackCapture:
     output_weight: torch.Tensor | None  # [layers, embed, heads * head_dim], nn.Linear layout
     output_bias: torch.Tensor | None  # [layers, embed]
     position_bias: torch.Tensor | None  # [batch or 1, layers, heads, q, k] where the model passes one apart
+    layer_weights: list[torch.Tensor] | None = None  # with grad=True: each layer's [batch, heads, q, k] as used
 
     @property
     def num_layers(self) -> int:
@@ -92,7 +93,8 @@ def capture(
     ``inputs``: what a tokenizer returns (``input_ids``, ``attention_mask``, and for seq2seq models
     ``decoder_input_ids``), or an object with ``input_ids`` / ``attention_mask`` attributes.
     ``edits``: weight edits by layer of the main stack (``{3: uniform_weights(head=2)}``) or by
-    ``(stack, layer)``. ``grad=True`` keeps the graph (for gradient x attention); otherwise no gradients.
+    ``(stack, layer)``. ``grad=True`` keeps the graph (for gradient x attention): differentiate with respect
+    to ``StackCapture.layer_weights`` (the tensors the model used; the stacked ``weights`` is a copy).
     ``measure_drift`` runs the model once more with its own backend to report how far the capturing
     forward pass is from it (skipped when edits are given: they change the output on purpose).
     """
@@ -223,6 +225,8 @@ def _assemble(model: nn.Module, records: dict[Site, SiteRecord]) -> dict[str, St
                 else None
             ),
             position_bias=_stack_optional([r.position_bias for r in records_in_order], broadcast=True),
+            # The stacked tensor is a copy: gradients w.r.t. the weights need the tensors the model used.
+            layer_weights=[r.weights for r in records_in_order] if records_in_order[0].weights.requires_grad else None,
         )
     return assembled
 

@@ -3,6 +3,8 @@
 Every method follows the contract of ``base.py`` and is listed by :func:`list_methods`.
 """
 
+# Importing a method module registers its methods.
+from attn_probe.methods import attention  # noqa: F401  (registers)
 from attn_probe.methods.base import (
     METHOD_FAMILIES,
     ExplainContext,

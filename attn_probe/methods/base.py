@@ -148,6 +148,12 @@ class ExplainContext:
     def target_rows(self) -> torch.Tensor:
         """``[batch]``: the query row whose attention leads to the target: the predicting position of a
         language model, the first token ([CLS], <s>) of a classifier."""
+        if self.family.is_encoder_decoder:
+            raise ValueError(
+                "attention-derived methods need the query row that produces the target; in an encoder-decoder "
+                "model that row is in the decoder, reached through cross-attention, which these methods do not "
+                "walk yet. Use gradient or perturbation methods (they attribute to the encoder's input tokens)"
+            )
         if self.is_language_model:
             return self.target.positions.to(self.input_ids.device)
         return torch.zeros(self.input_ids.shape[0], dtype=torch.long, device=self.input_ids.device)
@@ -229,7 +235,16 @@ class ExplainContext:
                     "(load_model(name, task='sequence-classification' / 'masked-lm' / 'causal-lm')) or pass a target"
                 )
             target = Target.class_logit() if logits.dim() == 2 else Target.next_token()
-        return resolve(target, logits, self.attention_mask)
+        return resolve(target, logits, self._output_mask())
+
+    def _output_mask(self) -> torch.Tensor:
+        """The mask of the sequence the logits are over: the decoder's for an encoder-decoder model."""
+        if not self.family.is_encoder_decoder:
+            return self.attention_mask
+        decoder_ids = self.inputs.get("decoder_input_ids")
+        if decoder_ids is None:
+            raise ValueError("an encoder-decoder model needs decoder_input_ids in its inputs to have a target")
+        return self.inputs.get("decoder_attention_mask", torch.ones_like(decoder_ids))
 
 
 MethodFn = Callable[..., Explanation]

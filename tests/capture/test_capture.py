@@ -180,8 +180,13 @@ def test_gradients_flow_through_captured_weights_when_asked():
     model = build("bert")
     captured = capture(model, batch("bert"), grad=True, measure_drift=False)
     assert captured.weights.requires_grad
+    layer_weights = captured.stacks["encoder"].layer_weights
+    assert len(layer_weights) == 2
+    gradients = torch.autograd.grad(captured.logits[:, 0].sum(), layer_weights, retain_graph=True)
+    assert all(g.shape == w.shape and g.abs().sum() > 0 for g, w in zip(gradients, layer_weights, strict=True))
     captured.logits[:, 0].sum().backward()
     assert any(p.grad is not None for p in model.parameters())
+    assert capture(model, batch("bert"), measure_drift=False).stacks["encoder"].layer_weights is None
 
 
 def test_unsupported_models_are_explained():
