@@ -306,17 +306,23 @@ class ResolvedTarget:
         """The rows ``index`` (with repeats): for a forward pass on a batch built from these examples,
         e.g. ``take([0, 0, 1, 1])`` for two perturbed copies of each of two examples."""
         idx = torch.as_tensor(index, dtype=torch.long, device=self.ids.device)
+        positions = None if self.positions is None else self.positions[idx]
         return replace(
             self,
             ids=self.ids[idx],
             other_ids=None if self.other_ids is None else self.other_ids[idx],
-            positions=None if self.positions is None else self.positions[idx],
+            positions=positions,
             values=self.values[idx],
+            max_position=-1 if positions is None or not len(positions) else int(positions.max()),
         )
 
     def repeat_interleave(self, repeats: int) -> ResolvedTarget:
-        """Each example ``repeats`` times in a row (``[a, a, b, b]``), as for integrated-gradient steps."""
+        """Each example ``repeats`` times in a row (``[a, a, b, b]``): copies of one example side by side."""
         return self.take(torch.arange(len(self), device=self.ids.device).repeat_interleave(repeats))
+
+    def tile(self, repeats: int) -> ResolvedTarget:
+        """The whole batch ``repeats`` times (``[a, b, a, b]``): how captum expands inputs for IG steps."""
+        return self.take(torch.arange(len(self), device=self.ids.device).repeat(repeats))
 
     def to(self, device: torch.device | str) -> ResolvedTarget:
         return replace(

@@ -164,10 +164,13 @@ class ExplainContext:
         return outputs.logits if hasattr(outputs, "logits") else outputs[0]
 
     def target_value(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` (or ``[k * batch]`` for repeated inputs) the target scalar read from ``logits``."""
+        """``[batch]`` the target scalar read from ``logits``; for ``k * batch`` rows the batch is taken as
+        tiled ``k`` times (``[a, b, a, b]``, captum's expansion). Other layouts: ``target.take(rows)``."""
         resolved = self.target
         if logits.shape[0] != len(resolved):
-            resolved = resolved.repeat_interleave(logits.shape[0] // len(resolved))
+            if logits.shape[0] % len(resolved):
+                raise ValueError(f"{logits.shape[0]} rows of logits are not a multiple of the batch {len(resolved)}")
+            resolved = resolved.tile(logits.shape[0] // len(resolved))
         return target_value(resolved, logits)
 
     def embedding_layer(self) -> nn.Module:
@@ -191,10 +194,11 @@ class ExplainContext:
 
     def baseline_ids(self) -> torch.Tensor:
         """``[batch, n]``: every real non-special token replaced by :meth:`replacement_id`; special tokens
-        and padding kept. For a language model the first token (BOS) is kept too."""
+        and padding kept. For a language model the first real token (BOS) is kept too."""
         keep = self.special.clone()
-        if self.is_language_model:
-            keep[:, 0] = True
+        if self.is_language_model:  # the first real token (BOS, or the prompt's start), whatever the padding
+            first_real = self.attention_mask.long().argmax(dim=1)  # [batch]
+            keep[torch.arange(keep.shape[0], device=keep.device), first_real] = True
         return torch.where(keep, self.input_ids, torch.full_like(self.input_ids, self.replacement_id()))
 
     def finish(
