@@ -20,6 +20,8 @@ from typing import Any
 #: name -> module path; the module must define ``run(quick: bool, device: str) -> list[dict]``.
 ENTRIES: dict[str, str] = {
     "attention_speed": "benchmarks.attention_speed",
+    "attention_flow": "benchmarks.attention_flow",
+    "method_cost": "benchmarks.method_cost",
 }
 
 RunFn = Callable[..., list[dict[str, Any]]]

@@ -63,3 +63,14 @@ def test_runner_rejects_unknown_entries() -> None:
         load_entry("no_such_entry")
     with pytest.raises(SystemExit):
         main(["--only", "no_such_entry"])
+
+
+@pytest.mark.parametrize("entry", ["attention_flow", "method_cost"])
+def test_other_entries_run_quickly_and_agree(entry: str) -> None:
+    rows = load_entry(entry)(quick=True, device="cpu")
+    assert rows and all(row["ratio"] > 0 and row.get("outputs_agree", True) for row in rows)
+    if entry == "method_cost":
+        from attn_probe import list_methods
+
+        assert {row["method"] for row in rows} == set(list_methods()["id"])
+    format_table(rows)  # the shared table prints every entry's rows

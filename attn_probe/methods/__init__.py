@@ -4,7 +4,7 @@ Every method follows the contract of ``base.py`` and is listed by :func:`list_me
 """
 
 # Importing a method module registers its methods.
-from attn_probe.methods import attention, gradient, perturbation  # noqa: F401  (importing registers them)
+from attn_probe.methods import attention, flow, gradient, perturbation  # noqa: F401  (importing registers them)
 from attn_probe.methods.base import (
     METHOD_FAMILIES,
     ExplainContext,
