@@ -12,13 +12,7 @@ from attn_probe.attention import POSITION_VARIANTS, DecoderLM, MultiHeadAttentio
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def _exact_float32_matmuls():
-    """TF32 would round float32 matmuls to 10 mantissa bits on Ampere and later: keep full float32."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = previous
+pytestmark = pytest.mark.usefixtures("full_float32")  # see tests/conftest.py
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -10,12 +10,7 @@ from tests.capture.families import batch, build, twin
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def _full_float32():
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = previous
+pytestmark = pytest.mark.usefixtures("full_float32")  # see tests/conftest.py
 
 
 @pytest.mark.parametrize("device", DEVICES)

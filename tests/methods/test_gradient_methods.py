@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from attn_probe.attention import DecoderLM, EncoderClassifier, TransformerConfig
 from attn_probe.capture import Target, resolve, target_value, tokenize
 from attn_probe.methods import ExplainContext, get_method, list_methods
 from attn_probe.methods import gradient as gradient_methods
@@ -21,6 +20,12 @@ from attn_probe.methods.gradient import (
     saliency,
 )
 from tests.capture.families import batch, build
+from tests.methods.models import (
+    MODELS,
+    TEXTS,
+    assert_padded_batch_equals_single_examples,
+    assert_tokenized_batch_equals_single_texts,
+)
 
 GRADIENT_METHODS = {
     "saliency": saliency,
@@ -28,36 +33,6 @@ GRADIENT_METHODS = {
     "integrated_gradients": integrated_gradients,
     "gradient_shap": gradient_shap,
 }
-TEXTS = ["a gorgeous, witty movie", "dull"]
-
-
-def our_encoder() -> EncoderClassifier:
-    torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=100, embed_dim=32, num_heads=4, num_layers=2, ffn_dim=64)
-    return EncoderClassifier(config).eval()
-
-
-def our_decoder() -> DecoderLM:
-    torch.manual_seed(0)
-    config = TransformerConfig(
-        vocab_size=100, embed_dim=32, num_heads=4, num_layers=2, ffn_dim=64, position="rotary", prenorm=True,
-        norm="rmsnorm", mlp="swiglu", embedding_norm=False, pooler=False, bias=False,
-    )  # fmt: skip
-    return DecoderLM(config).eval()
-
-
-MODELS = {
-    "hf-bert": lambda: (build("bert"), batch("bert")),
-    "hf-llama": lambda: (build("llama"), batch("llama")),
-    "our-encoder": lambda: (our_encoder(), batch("bert")),
-    "our-decoder": lambda: (our_decoder(), batch("llama")),
-}
-
-
-def single(inputs: dict, i: int) -> dict:
-    """Example ``i`` alone, without padding."""
-    real = inputs["attention_mask"][i].bool()
-    return {key: value[i : i + 1, real] for key, value in inputs.items()}
 
 
 def target_at(ctx: ExplainContext, input_ids: torch.Tensor) -> torch.Tensor:
@@ -212,25 +187,13 @@ def test_causal_lm_target_and_chosen_internal_batch_size(name):
 @pytest.mark.parametrize("method_id", list(GRADIENT_METHODS))
 @pytest.mark.parametrize("name", list(MODELS))
 def test_padded_batch_equals_single_examples(method_id, name):
-    model, inputs = MODELS[name]()
-    fn = GRADIENT_METHODS[method_id]
-    options = {"n_samples": 8} if method_id == "gradient_shap" else {}
-    together = fn(ExplainContext(model, inputs), **options).scores
-    for i in range(2):
-        alone = fn(ExplainContext(model, single(inputs, i)), **options).scores
-        real = inputs["attention_mask"][i].bool()
-        torch.testing.assert_close(together[i, real], alone[0], rtol=0, atol=1e-5)
-        assert torch.all(together[i, ~real] == 0)
+    assert_padded_batch_equals_single_examples(
+        GRADIENT_METHODS[method_id], name, **({"n_samples": 8} if method_id == "gradient_shap" else {})
+    )
 
 
 def test_padded_batch_equals_single_examples_with_special_tokens(tiny_bert, tokenizer):
-    inputs = tokenize(tokenizer, TEXTS)
-    for method_id, fn in GRADIENT_METHODS.items():
-        together = fn(ExplainContext(tiny_bert, inputs, tokenizer=tokenizer)).scores
-        for i, text in enumerate(TEXTS):
-            alone = fn(ExplainContext(tiny_bert, tokenize(tokenizer, [text]), tokenizer=tokenizer)).scores
-            real = inputs.attention_mask[i].bool()
-            torch.testing.assert_close(together[i, real], alone[0], rtol=0, atol=1e-5, msg=method_id)
+    assert_tokenized_batch_equals_single_texts(GRADIENT_METHODS, tiny_bert, tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -6,47 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from attn_probe.attention import DecoderLM, EncoderClassifier, TransformerConfig
+from attn_probe.attention import EncoderClassifier, TransformerConfig
 from attn_probe.capture import Target, resolve, target_value, tokenize
 from attn_probe.methods import ExplainContext, get_method, list_methods
 from attn_probe.methods.perturbation import kernel_shap, leave_one_out, leave_one_out_drop
 from tests.capture.families import batch, build
+from tests.methods.models import (
+    MODELS,
+    TEXTS,
+    assert_padded_batch_equals_single_examples,
+    assert_tokenized_batch_equals_single_texts,
+)
 
 PERTURBATION_METHODS = {
     "leave_one_out": leave_one_out,
     "leave_one_out_drop": leave_one_out_drop,
     "kernel_shap": kernel_shap,
 }
-TEXTS = ["a gorgeous, witty movie", "dull"]
-
-
-def our_encoder() -> EncoderClassifier:
-    torch.manual_seed(0)
-    return EncoderClassifier(
-        TransformerConfig(vocab_size=100, embed_dim=32, num_heads=4, num_layers=2, ffn_dim=64)
-    ).eval()
-
-
-def our_decoder() -> DecoderLM:
-    torch.manual_seed(0)
-    config = TransformerConfig(
-        vocab_size=100, embed_dim=32, num_heads=4, num_layers=2, ffn_dim=64, position="rotary", prenorm=True,
-        norm="rmsnorm", mlp="swiglu", embedding_norm=False, pooler=False, bias=False,
-    )  # fmt: skip
-    return DecoderLM(config).eval()
-
-
-MODELS = {
-    "hf-bert": lambda: (build("bert"), batch("bert")),
-    "hf-llama": lambda: (build("llama"), batch("llama")),
-    "our-encoder": lambda: (our_encoder(), batch("bert")),
-    "our-decoder": lambda: (our_decoder(), batch("llama")),
-}
-
-
-def single(inputs: dict, i: int) -> dict:
-    real = inputs["attention_mask"][i].bool()
-    return {key: value[i : i + 1, real] for key, value in inputs.items()}
 
 
 def value_of(ctx: ExplainContext, i: int, ids: list[int], position: int | None = None) -> float:
@@ -229,25 +205,13 @@ def test_kernel_shap_is_seeded_and_leaves_global_generators_alone():
 @pytest.mark.parametrize("method_id", list(PERTURBATION_METHODS))
 @pytest.mark.parametrize("name", list(MODELS))
 def test_padded_batch_equals_single_examples(method_id, name):
-    model, inputs = MODELS[name]()
-    fn = PERTURBATION_METHODS[method_id]
-    options = {"n_samples": 32} if method_id == "kernel_shap" else {}
-    together = fn(ExplainContext(model, inputs), **options).scores
-    for i in range(2):
-        alone = fn(ExplainContext(model, single(inputs, i)), **options).scores
-        real = inputs["attention_mask"][i].bool()
-        torch.testing.assert_close(together[i, real], alone[0], rtol=0, atol=1e-5)
-        assert torch.all(together[i, ~real] == 0)
+    assert_padded_batch_equals_single_examples(
+        PERTURBATION_METHODS[method_id], name, **({"n_samples": 32} if method_id == "kernel_shap" else {})
+    )
 
 
 def test_padded_batch_equals_single_examples_with_special_tokens(tiny_bert, tokenizer):
-    inputs = tokenize(tokenizer, TEXTS)
-    for method_id, fn in PERTURBATION_METHODS.items():
-        together = fn(ExplainContext(tiny_bert, inputs, tokenizer=tokenizer)).scores
-        for i, text in enumerate(TEXTS):
-            alone = fn(ExplainContext(tiny_bert, tokenize(tokenizer, [text]), tokenizer=tokenizer)).scores
-            real = inputs.attention_mask[i].bool()
-            torch.testing.assert_close(together[i, real], alone[0], rtol=0, atol=1e-5, msg=method_id)
+    assert_tokenized_batch_equals_single_texts(PERTURBATION_METHODS, tiny_bert, tokenizer)
 
 
 def test_memory_budget_sets_the_batching():
