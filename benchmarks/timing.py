@@ -27,7 +27,8 @@ class Comparison:
 
     ours: list[float]
     reference: list[float]
-    calls_per_sample: int
+    calls_per_sample: int  # of ours (and of the reference too, unless reference_calls_per_sample says otherwise)
+    reference_calls_per_sample: int | None = None
 
     @property
     def ours_median(self) -> float:
@@ -93,6 +94,7 @@ def compare(
     repeats: int = 21,
     min_sample_s: float = 0.005,
     budget_s: float | None = None,
+    same_calls: bool = True,
 ) -> Comparison:
     """Time ``ours`` against ``reference``, interleaved, ``repeats`` samples each.
 
@@ -101,27 +103,35 @@ def compare(
     is given, ``repeats`` is lowered (never below 5) so that the whole comparison fits the budget:
     big cases get fewer, equally informative, samples. The order inside a pair alternates (AB, BA,
     ...) so neither side always runs on the caches the other one warmed up.
+
+    ``same_calls=False`` calibrates each side on its own: for sides a thousand times apart (attention flow
+    against networkx), one call of the fast side per sample would time a cold start after the slow side's
+    call (caches and branch predictors full of the other's work), not the per-call cost of repeated use.
     """
     sync = synchronizer(device)
     for _ in range(warmup):
         ours()
         reference()
-    # Calibrate on the slower of the two so both sides get the same number of calls per sample.
-    single = max(_time_calls(ours, 1, sync), _time_calls(reference, 1, sync))
+    # By default calibrate on the slower of the two so both sides get the same number of calls per sample.
+    single_ours, single_reference = _time_calls(ours, 1, sync), _time_calls(reference, 1, sync)
+    single = max(single_ours, single_reference)
     calls = max(1, math.ceil(min_sample_s / max(single, 1e-9)))
+    ours_calls = calls if same_calls else max(1, math.ceil(min_sample_s / max(single_ours, 1e-9)))
+    reference_calls = calls if same_calls else max(1, math.ceil(min_sample_s / max(single_reference, 1e-9)))
     if budget_s is not None:
-        affordable = int(budget_s / (2 * calls * max(single, 1e-9)))
+        per_pair = ours_calls * single_ours + reference_calls * single_reference
+        affordable = int(budget_s / max(per_pair, 1e-9))
         repeats = max(5, min(repeats, affordable))
     ours_times: list[float] = []
     reference_times: list[float] = []
     for index in range(repeats):
         if index % 2 == 0:
-            ours_times.append(_time_calls(ours, calls, sync))
-            reference_times.append(_time_calls(reference, calls, sync))
+            ours_times.append(_time_calls(ours, ours_calls, sync))
+            reference_times.append(_time_calls(reference, reference_calls, sync))
         else:
-            reference_times.append(_time_calls(reference, calls, sync))
-            ours_times.append(_time_calls(ours, calls, sync))
-    return Comparison(ours_times, reference_times, calls)
+            reference_times.append(_time_calls(reference, reference_calls, sync))
+            ours_times.append(_time_calls(ours, ours_calls, sync))
+    return Comparison(ours_times, reference_times, ours_calls, None if same_calls else reference_calls)
 
 
 def _cpu_model() -> str:

@@ -8,60 +8,35 @@ Public implementations build a networkx graph and call its max-flow once per pai
 per example at 12 layers and 16 tokens, minutes at 128 tokens, hours for a full flow matrix); this module
 gives the same values, certified, in milliseconds (``benchmarks/attention_flow.py``).
 
-How:
+How: each (input, output) pair is one max-flow problem, and all the pairs asked for are solved in one call
+of a compiled solver written for this graph's shape (:mod:`attn_probe.methods.layered_maxflow`: FIFO
+push-relabel with exact initial labels and the gap heuristic, on dense per-layer arrays, compiled by numba).
+One layer needs no solver (the flow is the edge, ``A_1[t, j]``); from two layers on the middle is a general
+transportation network (two layers: ``sum_k min(A_1[k, j], A_2[t, k])``, which the tests check the solver
+against).
 
-1. **Depth 1 and 2 have closed forms.** One layer: the flow is the edge, ``A_1[t, j]``. Two layers: the
-   paths ``(0, j) -> (1, k) -> (2, t)`` share no edge, so the flow is ``sum_k min(A_1[k, j], A_2[t, k])``.
-   From three layers on it is a general max-flow problem (the middle is an arbitrary transportation network).
-2. **All the (input, output) problems of a graph in one compiled max-flow call.** The problems share
-   everything but their first and last layer, so each becomes a copy of one template network (source star,
-   middle layers, sink star); the copies are joined by a super-source and a super-sink whose edges never
-   saturate, and ``scipy.sparse.csgraph.maximum_flow`` (Dinic, in C) solves them together: a maximum flow of
-   the union, restricted to one copy, is a maximum flow of that copy, because the copies share no edge.
-3. **Integer capacities, then a certificate.** scipy needs int32 capacities (int64 ones are *silently*
-   truncated to int32: a capacity of ``2**40 + 3`` comes back as 3), so capacities are scaled by a power of
-   two ``S <= 2**30`` and floored. The integer flow divided by ``S`` is then a *feasible* flow of the real
-   graph: its value is a lower bound. The nodes reachable from the source in the integer residual graph form
-   a cut, whose capacity measured with the *real* capacities (float64, full graph) is an upper bound. The
-   answer is that cut's capacity: by max-flow/min-cut duality it is exact whenever that cut is a minimum cut
-   of the real graph (the usual case), and it is never more than ``upper - lower`` above the exact value.
-4. **Refinement until the certificate is tight.** While ``upper - lower > tolerance`` for some copy, the
-   residual network of the flow found so far (its max-flow is at most the gap) is solved again with a
-   finer scale ``S' ~ 2**30 / gap``: each round gains about 30 bits.
-5. **Big graphs start from the strong edges.** When a copy has more than ``_PRUNE_ABOVE`` middle edges it
-   starts with those of capacity ``>= 0.5 / n`` and every edge into the target's own positions; cuts are
-   always measured on the full graph, and a missing edge that crosses the cut of an unfinished copy is added
-   and that copy solved again from its current flow. Pruning changes the time, never the answer.
-
-**Error bound.** Every value ``v`` comes with an explicit feasible flow of value ``lower`` and is the capacity
-of a cut, so ``lower <= exact <= v`` and ``v - exact <= v - lower <= tolerance`` (default 1e-6), up to
-float64 rounding of the sums (~1e-15). One round leaves a gap below ``E / S = E / 2**30`` for a cut of
-``E`` edges (a 640-edge cut: 6e-7); a smaller ``tolerance`` costs refinement rounds, not accuracy. In
-practice the value is the exact min-cut capacity (equal to networkx's to ~1e-16 in the tests); the largest
-difference seen in 14,000 random graphs at tolerance 1e-6 was 2.6e-8.
+**Error bound.** Capacities stay real (float64). The solver treats a residual ``<= eps`` as saturated and
+returns, per problem, the capacity of the cut its final residual graph leaves (an upper bound, summed from
+the real capacities) and the value of the (pre)flow it found (a lower bound). The value reported is the
+cut's capacity, exact whenever that cut is a minimum cut (the usual case: equal to networkx's to ~1e-15 in
+the tests), and never more than ``upper - lower`` above the exact max-flow. ``eps`` is chosen so that this
+gap stays below ``tolerance`` (default 1e-6); problems whose gap does not are solved again with ``eps`` at
+the float64 rounding floor, and a warning names any still above it (none seen in the tests).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from attn_probe.methods.base import ExplainContext, Explanation, MethodInfo, register
 from attn_probe.methods.graph import residual_attention
+from attn_probe.methods.layered_maxflow import max_flows
 
 DEFAULT_TOLERANCE = 1e-6
-_SCALE_LIMIT = 2**30  # integer capacities stay <= 2**30: int32 for scipy, with room for rounding noise
-_MAX_ENTRIES = 3_000_000  # sparse entries per scipy call; copies are chunked to fit
-_PRUNE_ABOVE = 8_000  # middle edges per copy above which a copy starts from the strong edges only ...
-_PRUNE_RELATIVE = 0.5  # ... those of capacity >= 0.5 / n (plus every edge into the target's positions)
-_FULL_AFTER_ROUNDS = 4  # after this many rounds an unfinished copy gets every edge
-_MAX_ROUNDS = 24
+_ROUNDING = 64 * np.finfo(np.float64).eps  # relative float64 noise of a sum of a few hundred flows
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -87,7 +62,7 @@ def flow_to(
     if len(graph) == 1:  # one edge from (0, j) to (1, t)
         values, bound = graph[0][t].copy(), np.zeros(n)
         return (values, bound) if return_bound else values
-    values, bound = _flows(graph, graph[0].T, np.broadcast_to(graph[-1][t], (n, n)), tolerance, np.full(n, t))
+    values, bound = _solve(graph, np.arange(n), np.full(n, t), tolerance)
     return (values, bound) if return_bound else values
 
 
@@ -106,9 +81,7 @@ def flow_matrix(
     if len(graph) == 1:
         values, bound = graph[0].copy(), np.zeros((n, n))
         return (values, bound) if return_bound else values
-    sources = np.broadcast_to(graph[0].T[None], (n, n, n)).reshape(n * n, n)  # copy (t, j): A_1[:, j]
-    sinks = np.broadcast_to(graph[-1][:, None, :], (n, n, n)).reshape(n * n, n)  # copy (t, j): A_L[t, :]
-    values, bound = _flows(graph, sources, sinks, tolerance, np.repeat(np.arange(n), n))
+    values, bound = _solve(graph, np.tile(np.arange(n), n), np.repeat(np.arange(n), n), tolerance)  # pair (t, j)
     values, bound = values.reshape(n, n), bound.reshape(n, n)
     return (values, bound) if return_bound else values
 
@@ -245,228 +218,32 @@ def _node(target: int, n: int) -> int:
     return int(target) % n
 
 
-def _flows(
-    graph: np.ndarray, sources: np.ndarray, sinks: np.ndarray, tolerance: float, targets: np.ndarray
+def _solve(
+    graph: np.ndarray, sources: np.ndarray, sinks: np.ndarray, tolerance: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Max-flows of ``C`` copies of one layered network (``L >= 2``) that differ in their first and last layer.
+    """Max-flows from ``(0, sources[c])`` to ``(L, sinks[c])`` of ``graph [L >= 2, n, n]``: values and bounds ``[C]``.
 
-    Copy ``c`` has source edges ``(0) -> (1, i)`` of capacity ``sources[c, i]``, the middle layers of
-    ``graph`` (``graph[1:-1]``), and sink edges ``(L-1, k) -> (L)`` of capacity ``sinks[c, k]``, which are
-    those of the output position ``targets[c]``. Returns the values (capacities of certified cuts) and their
-    error bounds ``[C]``.
+    The solver's gap is at most ``eps`` per edge crossing its final cut plus ``eps`` per node left holding
+    excess: with ``eps = tolerance / (2 * (edges + nodes))`` it is below half the tolerance by construction,
+    unless float64 rounding (``_ROUNDING`` of the largest capacity) is the larger, then rounding decides.
     """
-    if graph.shape[0] == 2:  # edge-disjoint two-edge paths through the one middle layer
-        values = np.minimum(sources, sinks).sum(-1)
-        return values, np.zeros_like(values)
-    values, bound = np.zeros(len(sources)), np.zeros(len(sources))
-    pruned = _Solver.prunes(graph)
-    groups = [np.arange(len(sources))] if not pruned else [np.nonzero(targets == t)[0] for t in np.unique(targets)]
-    for group in groups:  # a pruned solver starts with the rows of its target active: one solver per target
-        solver = _Solver(graph, tolerance, np.unique(targets[group]))
-        values[group], bound[group] = solver.solve(sources[group], sinks[group])
-    return values, bound
-
-
-@dataclass
-class _Template:
-    """One copy's network in local node ids, with its sparse entries sorted the way CSR wants them.
-
-    Local nodes: 0 = source, ``1 + l * n + i`` = position ``i`` of middle layer ``l`` (``l = 0..K``, i.e.
-    graph layers 1..L-1), ``nodes - 1`` = sink. Edges: ``n`` source edges, the active middle edges, ``n``
-    sink edges. Every edge has a forward entry and a backward entry (the residual of the flow already sent
-    along it), and each copy has two more: its source's entry back to the super-source (local column -1)
-    and its sink's edge to the super-sink (local column ``nodes``).
-    """
-
-    n: int
-    nodes: int
-    edges: int
-    cols: np.ndarray  # [entries] local column of each sorted entry
-    forward: np.ndarray  # [edges] position of each edge's forward entry
-    backward: np.ndarray  # [edges] position of each edge's backward entry
-    to_super_source: int  # position of the source's entry back to the super-source
-    to_super_sink: int  # position of the sink's edge to the super-sink
-    indptr: np.ndarray  # [nodes + 1] CSR row pointers of one copy
-
-    @property
-    def entries(self) -> int:
-        return len(self.cols)
-
-    @classmethod
-    def build(cls, n: int, layers: int, mid_from: np.ndarray, mid_to: np.ndarray) -> _Template:
-        nodes = layers * n + 2
-        sink = nodes - 1
-        positions = np.arange(n)
-        tails = np.concatenate([np.zeros(n, np.int64), mid_from, 1 + (layers - 1) * n + positions])
-        heads = np.concatenate([1 + positions, mid_to, np.full(n, sink)])
-        edges = len(tails)
-        rows = np.concatenate([tails, heads, [0, sink]])
-        cols = np.concatenate([heads, tails, [-1, nodes]])
-        order = np.lexsort((cols, rows))
-        where = np.empty_like(order)
-        where[order] = np.arange(len(order))
-        return cls(
-            n=n,
-            nodes=nodes,
-            edges=edges,
-            cols=cols[order],
-            forward=where[:edges],
-            backward=where[edges : 2 * edges],
-            to_super_source=int(where[2 * edges]),
-            to_super_sink=int(where[2 * edges + 1]),
-            indptr=np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=nodes))]),
-        )
-
-
-class _Solver:
-    """Certified max-flows of copies of ``graph`` that differ in their source and sink edges (see the module)."""
-
-    def __init__(self, graph: np.ndarray, tolerance: float, targets: np.ndarray) -> None:
-        self.tolerance = tolerance
-        self.layers = graph.shape[0] - 1  # middle layers: graph layers 1..L-1
-        self.n = n = graph.shape[-1]
-        self.middle = graph[1:-1]  # [K, n, n]
-        m, i, k = np.nonzero(self.middle > 0)
-        self.mid_from = 1 + m * n + k  # (middle layer m, key k) ...
-        self.mid_to = 1 + (m + 1) * n + i  # ... -> (middle layer m + 1, query i)
-        self.mid_cap = self.middle[m, i, k]
-        if self.prunes(graph):  # strong edges, and every edge into the targets' own positions
-            self.active = (self.mid_cap >= _PRUNE_RELATIVE / n) | np.isin(i, targets)
-        else:
-            self.active = np.ones(len(self.mid_cap), dtype=bool)
-
-    @staticmethod
-    def prunes(graph: np.ndarray) -> bool:
-        return (graph.shape[0] - 2) * graph.shape[-1] ** 2 > _PRUNE_ABOVE
-
-    # ------------------------------------------------------------------------------------------------
-    def solve(self, sources: np.ndarray, sinks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        upper = np.minimum(sources.sum(-1), sinks.sum(-1))  # the source star and the sink star are cuts
-        lower = np.zeros(len(upper))
-        todo = np.nonzero(upper > self.tolerance)[0]
-        start = 0
-        while start < len(todo):
-            entries = 2 * (2 * self.n + int(self.active.sum())) + 2
-            chunk = todo[start : start + max(1, _MAX_ENTRIES // entries)]
-            start += len(chunk)
-            upper[chunk], lower[chunk] = self._solve_chunk(sources[chunk], sinks[chunk], upper[chunk])
-        return upper, np.maximum(upper - lower, 0.0)
-
-    def _solve_chunk(self, sources: np.ndarray, sinks: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = self.n
-        upper = upper.copy()
-        lower = np.zeros_like(upper)
-        live = np.arange(len(upper))  # copies not certified yet
-        active = np.nonzero(self.active)[0]
-        flow: np.ndarray | None = None  # [live, edges]: source edges, active middle edges, sink edges
-        for round_ in range(_MAX_ROUNDS):
-            if round_ >= _FULL_AFTER_ROUNDS:
-                self.active[:] = True
-            if len(active) != int(self.active.sum()):  # edges were added: carry the flows over
-                grown = np.nonzero(self.active)[0]
-                if flow is not None:
-                    carried = np.zeros((len(flow), 2 * n + len(grown)))
-                    carried[:, :n], carried[:, -n:] = flow[:, :n], flow[:, -n:]
-                    carried[:, n + np.searchsorted(grown, active)] = flow[:, n:-n]
-                    flow = carried
-                active = grown
-            template = _Template.build(n, self.layers, self.mid_from[active], self.mid_to[active])
-            gained, sent, scale, reach = self._round(
-                template, sources[live], self.mid_cap[active], sinks[live], flow, upper[live] - lower[live]
-            )
-            lower[live] += gained
-            upper[live] = np.minimum(upper[live], self._cut(reach, sources[live], sinks[live]))
-            unfinished = upper[live] - lower[live] > self.tolerance
-            if not unfinished.any():
-                return upper, lower
-            moved = sent[unfinished][:, template.forward] / scale
-            flow = moved if flow is None else flow[unfinished] + moved
-            self._add_crossing_edges(reach[unfinished])
-            live = live[unfinished]
+    layers, n = graph.shape[0], graph.shape[-1]
+    largest = float(graph.max(initial=0.0))
+    if largest == 0.0:
+        return np.zeros(len(sources)), np.zeros(len(sources))
+    floor = _ROUNDING * largest
+    eps = max(tolerance / (2.0 * (layers * n * n + layers * n)), floor)
+    sources, sinks = np.ascontiguousarray(sources, np.int64), np.ascontiguousarray(sinks, np.int64)
+    upper, lower = max_flows(graph, sources, sinks, eps)
+    loose = np.nonzero(upper - lower > tolerance)[0]
+    if len(loose) and eps > floor:  # only rounding can do this; once more at the finest eps that means anything
+        upper[loose], lower[loose] = max_flows(graph, sources[loose], sinks[loose], floor)
+    bound = np.maximum(upper - lower, 0.0)
+    if (bound > tolerance).any():
         warnings.warn(
-            f"attention flow: {len(live)} max-flows not certified to {self.tolerance:g} after {_MAX_ROUNDS} rounds "
-            f"(largest remaining bound {float((upper - lower)[live].max()):.3g})",
+            f"attention flow: {int((bound > tolerance).sum())} max-flows certified only to {float(bound.max()):.3g} "
+            f"(asked: {tolerance:g}); float64 rounding of these capacities does not allow a tighter certificate",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=3,
         )
-        return upper, lower
-
-    @staticmethod
-    def _round(
-        template: _Template,
-        sources: np.ndarray,
-        middle: np.ndarray,
-        sinks: np.ndarray,
-        flow: np.ndarray | None,
-        bound: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-        """One integer max-flow over the residual networks of ``len(bound)`` copies, joined.
-
-        Returns the value gained per copy, the integer flow of every entry ``[copies, entries]`` with the
-        scale that divides it, and the nodes reachable from each source in the residual ``[copies, nodes]``.
-        """
-        copies, nodes = len(bound), template.nodes
-        clip = float(bound.max())  # no copy can carry more, so no edge needs to hold more
-        scale = 2.0 ** math.floor(math.log2(_SCALE_LIMIT / clip))
-
-        def integer(values: np.ndarray) -> np.ndarray:
-            return np.floor(np.clip(values, 0.0, clip) * scale).astype(np.int32)
-
-        if flow is None:  # the first round: no flow yet, the middle is the same in every copy
-            shared = np.zeros(template.entries, np.int32)
-            shared[template.forward[template.n : -template.n]] = integer(middle)
-            data = np.tile(shared, (copies, 1))
-            data[:, template.forward[: template.n]] = integer(sources)
-            data[:, template.forward[-template.n :]] = integer(sinks)
-        else:
-            capacity = np.concatenate([sources, np.broadcast_to(middle, (copies, len(middle))), sinks], axis=1)
-            data = np.zeros((copies, template.entries), np.int32)
-            data[:, template.forward] = integer(capacity - flow)
-            data[:, template.backward] = integer(flow)
-        # The super edges must never saturate (a saturated one would hide the copy's cut): more than all the
-        # copy's source can send. (Rounding noise can let a copy carry a few units more than bound * scale.)
-        out_of_source = data[:, template.forward[: template.n]].sum(-1, dtype=np.int64)
-        never_full = np.minimum(out_of_source + 1, np.iinfo(np.int32).max).astype(np.int32)
-        data[:, template.to_super_sink] = never_full
-        super_sink = 1 + copies * nodes
-        offset = 1 + np.arange(copies, dtype=np.int32) * nodes
-        columns = offset[:, None] + template.cols.astype(np.int32)[None, :]
-        columns[:, template.to_super_source] = 0
-        columns[:, template.to_super_sink] = super_sink
-        indices = np.concatenate([offset, columns.ravel(), offset + (nodes - 1)])
-        values = np.concatenate([never_full, data.ravel(), np.zeros(copies, np.int32)])
-        row_ends = (np.arange(copies)[:, None] * template.entries + template.indptr[None, 1:]).ravel()
-        indptr = np.concatenate([[0, copies], copies + row_ends, [copies + row_ends[-1] + copies]]).astype(np.int32)
-        network = sp.csr_array((values, indices, indptr), shape=(super_sink + 1, super_sink + 1))
-        network.has_sorted_indices = True
-        result = maximum_flow(network, 0, super_sink)
-        sent = result.flow
-        if sent.nnz != network.nnz or not np.array_equal(sent.indptr, indptr):
-            raise RuntimeError("scipy's maximum_flow changed the network's structure; cannot map the flow back")
-        sent_values = np.asarray(sent.data)
-        residual = sp.csr_array(((values > sent_values).view(np.int8), indices, indptr), shape=network.shape)
-        residual.eliminate_zeros()
-        reached = breadth_first_order(residual, 0, directed=True, return_predecessors=False)
-        reach = np.zeros(super_sink + 1, dtype=bool)
-        reach[reached] = True
-        per_copy = sent_values[copies : copies + copies * template.entries].reshape(copies, template.entries)
-        return sent_values[:copies] / scale, per_copy, scale, reach[1:super_sink].reshape(copies, nodes)
-
-    def _cut(self, reach: np.ndarray, sources: np.ndarray, sinks: np.ndarray) -> np.ndarray:
-        """Capacity, on the full real-valued graph, of the cut ``reach`` (source side) of every copy."""
-        if reach[:, -1].any() or not reach[:, 0].all():
-            raise RuntimeError("internal error: a residual cut does not separate a source from its sink")
-        inside = reach[:, 1:-1].reshape(len(reach), self.layers, self.n).astype(np.float64)  # [C, K + 1, n]
-        cut = (sources * (1.0 - inside[:, 0])).sum(-1) + (sinks * inside[:, -1]).sum(-1)
-        for layer, matrix in enumerate(self.middle):  # edges (layer, k) -> (layer + 1, i) leaving the inside
-            cut += ((inside[:, layer] @ matrix.T) * (1.0 - inside[:, layer + 1])).sum(-1)
-        return cut
-
-    def _add_crossing_edges(self, reach: np.ndarray) -> None:
-        """Activate every missing middle edge that crosses the cut of an unfinished copy."""
-        missing = np.nonzero(~self.active)[0]
-        step = max(1, _MAX_ENTRIES // max(1, len(reach)))
-        for start in range(0, len(missing), step):
-            part = missing[start : start + step]
-            crossing = (reach[:, self.mid_from[part]] & ~reach[:, self.mid_to[part]]).any(0)
-            self.active[part[crossing]] = True
+    return upper, bound

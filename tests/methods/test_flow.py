@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import attn_probe.methods.flow as flow_module
 from attn_probe.attention import EncoderClassifier, TransformerConfig
 from attn_probe.capture import capture
 from attn_probe.methods import explain
 from attn_probe.methods.flow import flow_matrix, flow_to, layer_flows_to
 from attn_probe.methods.graph import residual_attention
+from attn_probe.methods.layered_maxflow import max_flows
 from tests.capture.families import batch, build
 
 nx = pytest.importorskip("networkx")
@@ -79,14 +79,35 @@ def test_flow_equals_networkx(layers, n, seed, kind):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_pruned_and_refined_solver_equals_networkx(seed, monkeypatch):
-    """Force the paths big inputs take: pruned edges added back lazily, and refinement rounds."""
-    monkeypatch.setattr(flow_module, "_PRUNE_ABOVE", 0)
-    matrices = random_graph(4 + seed % 2, 7, seed, residual=0.3, kind=("dense", "peaked")[seed % 2])
-    target = seed % 7
+def test_tight_tolerance_equals_networkx_on_deeper_graphs(seed):
+    matrices = random_graph(6 + seed, 8, seed, residual=0.3, kind=("dense", "peaked", "sparse", "causal")[seed])
+    target = seed % 8
     values, bound = flow_to(matrices, target, tolerance=1e-12, return_bound=True)
     np.testing.assert_allclose(values, networkx_flows(matrices, target), rtol=0, atol=1e-9)
     assert np.all(bound <= 1e-12)
+
+
+def test_the_solver_brackets_the_exact_value():
+    """The compiled solver's two numbers: a flow's value (lower) and a cut's capacity (upper) around networkx's."""
+    matrices = random_graph(5, 6, 21, kind="peaked")
+    upper, lower = max_flows(matrices, np.arange(6), np.full(6, 4), 1e-9)
+    reference = networkx_flows(matrices, 4)
+    assert np.all(lower <= reference + 1e-12) and np.all(reference <= upper + 1e-12)
+    assert np.all(upper - lower <= 1e-9 * 5 * 6 * 7)  # eps per crossing edge and per node holding excess
+
+
+def test_the_real_benchmark_size_equals_networkx():
+    """12 layers x 16 tokens of softmaxed random attention (the benchmark's case), one target row."""
+    weights = (2.0 * torch.randn(1, 12, 4, 16, 16, generator=torch.Generator().manual_seed(3))).softmax(-1)
+    matrices = residual_attention(weights, torch.ones(1, 16))[0].double().numpy()
+    np.testing.assert_allclose(flow_to(matrices, 0), networkx_flows(matrices, 0), rtol=0, atol=1e-9)
+
+
+def test_scaled_capacities_scale_the_flow():
+    matrices = random_graph(4, 5, 8)
+    np.testing.assert_allclose(flow_to(1e6 * matrices, 2), 1e6 * flow_to(matrices, 2), rtol=1e-9)
+    np.testing.assert_allclose(flow_to(1e-6 * matrices, 2, tolerance=1e-14), 1e-6 * flow_to(matrices, 2), rtol=1e-7)
+    np.testing.assert_array_equal(flow_to(np.zeros((3, 4, 4)), 0), np.zeros(4))
 
 
 def test_raw_attention_without_residual_equals_networkx():
