@@ -5,6 +5,8 @@ The pipeline, one sub-package a step (see docs/design.md):
     models/      load a model + tokenizer, know its family
     capture/     run it once, record what attention did; edit weights during the pass
     methods/     token importance for one target: attention-derived, gradient and perturbation methods
+    compare/     agreement, faithfulness, counterfactual attention, sinks, position bias, sanity checks
+    findings/    verdicts on when attention is (and is not) a fair explanation, with evidence; summaries
     attention/   our own multi-head attention, position variants, hook points, small models
 """
 
