@@ -10,7 +10,8 @@ Protocol (all on one batch, for one resolved target, shared by every step):
 1. explanations of ``attention_methods`` and ``reference_methods`` (gradient / erasure attributions) through
    :func:`attn_probe.methods.explain` (one shared capture);
 2. ``agreement``: Kendall / Spearman / top-k of every pair, ranked by ``|score|`` (signed gradients against
-   non-negative attention), special tokens excluded;
+   non-negative attention), special tokens excluded; and of every head of the attention methods that have a
+   per-head view (``raw_attention``, ``attention_norm``) with each reference;
 3. ``erasure``: ERASER comprehensiveness / sufficiency and decision flips against 10 random orders, ranked by
    the signed score (the tokens that support the prediction), special tokens never erased;
 4. ``sinks`` and ``position``: read from the shared capture;
@@ -33,7 +34,7 @@ import pandas as pd
 from torch import nn
 
 from attn_probe.capture import ResolvedTarget, Target, TokenizedBatch
-from attn_probe.compare.agreement import agreement_table
+from attn_probe.compare.agreement import agreement_table, layer_agreement
 from attn_probe.compare.counterfactual import adversarial_attention, attention_counterfactuals
 from attn_probe.compare.faithfulness import comprehensiveness_sufficiency, decision_flips
 from attn_probe.compare.position import position_explained
@@ -108,6 +109,17 @@ def assess(
     if "agreement" in chosen:
         evidence["agreement"] = agreement_table(explanations, absolute=True)
         found.append(verdicts.attention_disagrees(evidence["agreement"], attention, references, thresholds))
+        per_head = [
+            layer_agreement(explanations[a], explanations[r], level="head", absolute=True)
+            for a in attention
+            if explanations[a].head_scores is not None
+            for r in references
+        ]
+        if per_head:
+            evidence["head_agreement"] = pd.concat(per_head, ignore_index=True)
+            found.append(
+                verdicts.head_disagrees(evidence["head_agreement"], evidence["agreement"], references, thresholds)
+            )
     if "erasure" in chosen:
         eraser = [comprehensiveness_sufficiency(context, explanations[m]).per_example for m in methods]
         flips = [decision_flips(context, explanations[m], seed=seed) for m in attention]

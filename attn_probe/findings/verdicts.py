@@ -6,9 +6,10 @@ Each function reads one comparison table and returns finding rows (:data:`FINDIN
 =================================  ===================================================  ========================
 finding                            holds when                                           read from
 =================================  ===================================================  ========================
-``attention_disagrees``            attention's mean Kendall tau with the reference      ``agreement_table``
-                                   attributions <= ``disagreement_tau`` while those
-                                   agree among themselves (>= ``consensus_tau``)
+``attention_disagrees``            attention's mean Kendall tau with the reference      ``agreement_table``,
+                                   attributions <= ``disagreement_tau`` while those     ``layer_agreement``
+                                   agree among themselves (>= ``consensus_tau``); per   (per head)
+                                   example, and per layer / head
 ``attention_sink``                 >= ``sink_share`` of a head's attention is on        ``attention_sinks``
                                    special tokens, and their norm-weighted share is
                                    <= ``sink_norm_drop`` x that (small value vectors)
@@ -124,6 +125,70 @@ def attention_disagrees(
                     subject=method,
                 )
             )
+    return _frame(rows)
+
+
+def head_disagrees(
+    head_agreement: pd.DataFrame,
+    agreement: pd.DataFrame,
+    reference_methods: Sequence[str],
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+) -> pd.DataFrame:
+    """:func:`attention_disagrees` per layer and head: does each head's attention rank tokens unlike the consensus?
+
+    ``head_agreement``: :func:`attn_probe.compare.agreement.layer_agreement` rows (``level="head"`` or
+    ``"layer"``) of an attention method's per-head view against each reference method, stacked;
+    ``agreement``: the :func:`~attn_probe.compare.agreement.agreement_table` that holds the reference pairs
+    (the consensus). Rows are finding ``attention_disagrees`` with ``layer`` / ``head`` set.
+    """
+    _need_columns(
+        head_agreement, ["example_id", "layer", "head", "method_a", "method_b", "kendall_tau"], "layer_agreement"
+    )
+    _need_columns(agreement, ["example_id", "method_a", "method_b", "kendall_tau"], "agreement_table")
+    references = list(dict.fromkeys(reference_methods))
+    consensus_by_example = {
+        example: _mean(
+            [_pair_lookup(table).get(frozenset((a, b))) for i, a in enumerate(references) for b in references[i + 1 :]]
+        )
+        for example, table in agreement.groupby("example_id", sort=True)
+    }
+    rows = []
+    keys = ["example_id", "method_a", "layer", "head"]
+    judged = head_agreement[head_agreement["method_b"].isin(references)]
+    for (example, method, layer, head), table in judged.groupby(keys, sort=True, dropna=False):
+        with_references = _mean(list(table["kendall_tau"].astype(float)))
+        consensus = consensus_by_example.get(example, float("nan"))
+        where = f"{_where(layer, head)} of {method}"
+        if np.isnan(with_references):
+            holds, statement = pd.NA, f"{where}: no agreement with the reference methods could be computed"
+        elif len(references) >= 2 and not consensus >= thresholds.consensus_tau:
+            holds, statement = (
+                pd.NA,
+                f"{where}: the reference methods do not agree among themselves (tau = {consensus:.2f})",
+            )
+        elif with_references <= thresholds.disagreement_tau:
+            holds, statement = (
+                True,
+                f"{where} disagrees with the attributions (tau = {with_references:.2f} vs {consensus:.2f})",
+            )
+        else:
+            holds, statement = False, f"{where} agrees with the attributions (tau = {with_references:.2f})"
+        rows.append(
+            _row(
+                example,
+                "attention_disagrees",
+                holds,
+                statement,
+                evidence=f"mean Kendall tau of this head's target-row attention with {', '.join(references)}; "
+                "baseline: mean tau among the references",
+                value=with_references,
+                threshold=thresholds.disagreement_tau,
+                baseline=consensus,
+                subject=method,
+                layer=layer,
+                head=head,
+            )
+        )
     return _frame(rows)
 
 

@@ -194,9 +194,11 @@ class ExplainContext:
 
     def baseline_ids(self) -> torch.Tensor:
         """``[batch, n]``: every real non-special token replaced by :meth:`replacement_id`; special tokens
-        and padding kept. For a language model the first real token (BOS) is kept too."""
+        and padding kept. For a decoder-only language model the first real token (BOS) is kept too."""
         keep = self.special.clone()
-        if self.is_language_model:  # the first real token (BOS, or the prompt's start), whatever the padding
+        # The first real token (BOS, or the prompt's start), whatever the padding; a seq2seq model's encoder
+        # input is not a prompt being continued, so it keeps none.
+        if self.is_language_model and not self.family.is_encoder_decoder:
             first_real = self.attention_mask.long().argmax(dim=1)  # [batch]
             keep[torch.arange(keep.shape[0], device=keep.device), first_real] = True
         return torch.where(keep, self.input_ids, torch.full_like(self.input_ids, self.replacement_id()))

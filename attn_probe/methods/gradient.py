@@ -62,13 +62,14 @@ def first_real_columns(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def ablatable(ctx: ExplainContext) -> torch.Tensor:
     """``[batch, n]`` bool: the tokens that perturbations replace and baselines mask: real, not special,
-    and, for a language model, not the first real token (the one every prediction is conditioned on).
+    and, for a decoder-only language model, not the first real token (the one every prediction is conditioned
+    on; an encoder-decoder model's encoder input has no such token).
 
     This is the complement of what ``ctx.baseline_ids()`` keeps, except that the language-model rule
     applies to the first *real* column (``baseline_ids`` keeps column 0, which is padding when a batch is
     padded on the left)."""
     keep = ctx.special.clone()
-    if ctx.is_language_model:
+    if ctx.is_language_model and not ctx.family.is_encoder_decoder:  # a seq2seq prompt starts in the decoder
         rows = torch.arange(keep.shape[0], device=keep.device)
         keep[rows, first_real_columns(ctx.attention_mask).to(keep.device)] = True
     return ~keep
@@ -105,7 +106,10 @@ def gather_inputs(
     out = {}
     for key, value in ctx.inputs.items():
         picked = value[rows]
-        if columns is not None and value.dim() >= 2 and value.shape[1] == ctx.input_ids.shape[1]:
+        # Only inputs aligned with input_ids move with its columns: a seq2seq model's decoder inputs are their
+        # own sequence, even when they happen to be as long.
+        aligned = not key.startswith("decoder_") and value.dim() >= 2 and value.shape[1] == ctx.input_ids.shape[1]
+        if columns is not None and aligned:
             fill = pad_id(ctx) if key == "input_ids" else 0
             index = columns.clamp_min(0).reshape(*columns.shape, *([1] * (value.dim() - 2)))
             picked = picked.gather(1, index.expand(*columns.shape, *value.shape[2:]))

@@ -131,7 +131,7 @@ def leave_one_out_drop(
             sources.append(i)
             columns.append(torch.cat([cols[:j], cols[j + 1 :]]))
             dropped.append((i, int(cols[j])))
-            if ctx.target.positions is not None:
+            if ctx.target.positions is not None and not ctx.family.is_encoder_decoder:  # seq2seq: decoder columns
                 rank = int(ctx.target.positions[i]) - int(cols[0])  # the predicting token among real ones
                 positions.append(max(0, rank - (j <= rank)))
     scores = torch.zeros(batch, n, device=device)

@@ -31,7 +31,8 @@ def used():
 def test_every_finding_is_produced(ignored):
     assert set(ignored.findings["finding"]) == set(FINDINGS)
     assert set(ignored.evidence) == {
-        "agreement", "eraser", "flips", "sinks", "position", "counterfactuals", "adversarial", "randomisation",
+        "agreement", "head_agreement", "eraser", "flips", "sinks", "position", "counterfactuals", "adversarial",
+        "randomisation",
     }  # fmt: skip
     assert ignored.findings["statement"].str.len().min() > 10
 
@@ -42,7 +43,8 @@ def test_unused_attention_is_flagged(ignored):
     assert len(ignores) == 4 * 2 and ignores["holds"].all()
     assert (ignores["value"] == 0).all()  # exactly: the heads' outputs are multiplied by zero
     assert verdicts(ignored, "adversarial_attention_exists")["holds"].all()
-    assert verdicts(ignored, "attention_disagrees")["holds"].all()  # attention: "key"; gradients, erasure: token 0
+    disagrees = verdicts(ignored, "attention_disagrees")  # attention: "key"; gradients, erasure: token 0
+    assert len(disagrees) == 4 * (1 + 2 * 2) and disagrees["holds"].all()  # per example, and per layer x head
     assert verdicts(ignored, "erasure_prefers_attributions")["holds"].all()
 
 
@@ -56,8 +58,12 @@ def test_used_attention_is_not_flagged_where_it_is_used(used):
     adversarial = verdicts(used, "adversarial_attention_exists")  # the last layer (1): its attention is unused
     assert adversarial["holds"].all()
     # Where "key" is present (class 1), attention, gradients and erasure all point at it.
-    disagrees = verdicts(used, "attention_disagrees").set_index("example_id")["holds"]
-    assert not disagrees[0] and not disagrees[2]
+    disagrees = verdicts(used, "attention_disagrees")
+    per_example = disagrees[disagrees["layer"].isna()].set_index("example_id")["holds"]
+    assert not per_example[0] and not per_example[2]
+    # Per head: every head attends to "key", so every head agrees with the attributions there too.
+    per_head = disagrees[disagrees["layer"].notna() & disagrees["example_id"].isin([0, 2])]
+    assert len(per_head) == 2 * 2 * 2 and not per_head["holds"].any()
     erasure = verdicts(used, "erasure_prefers_attributions").set_index("example_id")["holds"]
     assert not erasure[0] and not erasure[2]
 

@@ -16,6 +16,7 @@ from attn_probe.findings import (
     attention_no_better_than_random,
     attention_sink,
     erasure_prefers_attributions,
+    head_disagrees,
     output_ignores_attention,
     position_explains_head,
     survives_randomisation,
@@ -177,3 +178,22 @@ def test_bad_tables_and_thresholds_are_refused():
     with pytest.raises(ValueError, match="finite"):
         Thresholds(ignored_tvd=float("nan"))
     assert set(Thresholds().to_frame()["name"]) == set(Thresholds.__dataclass_fields__)
+
+
+def test_head_disagrees_judges_each_head_against_the_consensus():
+    heads = pd.DataFrame(
+        {
+            "example_id": [0, 0, 0, 0, 1, 1],
+            "layer": [0, 0, 1, 1, 0, 0],
+            "head": pd.array([0, 0, 0, 0, 0, 0], dtype="Int64"),
+            "method_a": ["raw"] * 6,
+            "method_b": ["ig", "loo"] * 3,
+            "kendall_tau": [0.0, 0.1, 0.7, 0.5, 0.0, 0.0],
+        }
+    )
+    consensus = agreement([(0, "ig", "loo", 0.8), (1, "ig", "loo", 0.1)])
+    frame = head_disagrees(heads, consensus, ["ig", "loo"])
+    assert holds(frame) == [True, False, None]  # (0, layer 0), (0, layer 1), example 1: no consensus
+    assert list(frame["layer"]) == [0, 1, 0] and set(frame["finding"]) == {"attention_disagrees"}
+    np.testing.assert_allclose(frame["value"], [0.05, 0.6, 0.0])
+    assert "layer 0 head 0 of raw" in frame.loc[0, "statement"]

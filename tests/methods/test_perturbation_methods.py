@@ -254,3 +254,25 @@ def test_perturbation_methods_on_the_offline_real_models(name):
         assert torch.isfinite(result.scores).all(), method_id
         assert torch.all(result.scores[padding | ctx.special] == 0), method_id
         assert result.scores.abs().sum() > 0, method_id
+
+
+def test_seq2seq_decoder_inputs_are_not_moved_with_the_encoder_columns():
+    """A T5 batch whose decoder inputs are as long as the encoder's: deleting an encoder token must leave the
+    decoder inputs alone, and the encoder's first token is erasable (it is not a prompt's start)."""
+    model, inputs = build("t5"), batch("t5", lengths=(6, 4))
+    inputs["decoder_input_ids"] = torch.randint(4, 50, (2, 6), generator=torch.Generator().manual_seed(3))
+    ctx = ExplainContext(model, inputs)
+    result = leave_one_out_drop(ctx)
+
+    def value(encoder_ids: list[int], i: int) -> float:
+        with torch.no_grad():
+            logits = model(
+                input_ids=torch.tensor([encoder_ids]), decoder_input_ids=inputs["decoder_input_ids"][i : i + 1]
+            ).logits
+        return float(target_value(ctx.target.take([i]), logits)[0])
+
+    for i in range(2):
+        ids = inputs["input_ids"][i, inputs["attention_mask"][i].bool()].tolist()
+        for j in range(len(ids)):
+            expected = value(ids, i) - value(ids[:j] + ids[j + 1 :], i)
+            assert float(result.scores[i, j]) == pytest.approx(expected, abs=1e-5)
