@@ -96,9 +96,12 @@ def layer_flows_to(
     """``[L, n]``: row ``l`` = :func:`flow_to` of the graph truncated after layer ``l`` (0-based), i.e. the
     flow from every input into ``(l + 1, target)``. The last row is ``flow_to(matrices, target)``."""
     graph = _as_graph(matrices, tolerance)
-    pairs = [flow_to(graph[: depth + 1], target, tolerance=tolerance, return_bound=True) for depth in range(len(graph))]
-    values = np.stack([value for value, _ in pairs])
-    bound = np.stack([error for _, error in pairs])
+    n = graph.shape[-1]
+    t = _node(target, n)
+    values, bound = np.empty((len(graph), n)), np.zeros((len(graph), n))
+    values[0] = graph[0][t]  # one layer: the edge itself
+    for depth in range(2, len(graph) + 1):  # checked once above, so each depth goes straight to the solver
+        values[depth - 1], bound[depth - 1] = _solve(graph[:depth], np.arange(n), np.full(n, t), tolerance)
     return (values, bound) if return_bound else values
 
 
