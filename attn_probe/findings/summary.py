@@ -31,7 +31,8 @@ def summarise(
     slices: pd.DataFrame | None = None,
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Share of assessable rows where each finding holds, per ``finding``, ``subject`` and the ``by`` columns.
+    """Share of assessable rows where each finding holds, per ``finding``, ``subject``, ``level`` (``"example"``,
+    ``"layer"`` or ``"head"``: what one row judges) and the ``by`` columns.
 
     ``slices``: one row per ``example_id`` with columns to slice by (label, length, source, ...), joined onto
     the findings first (see :func:`example_slices`). ``by`` may name finding columns (``layer``, ``head``) or
@@ -55,7 +56,10 @@ def summarise(
         raise ValueError(
             f"cannot group by {unknown}: not a column of the findings or the slices ({list(table.columns)})"
         )
-    keys = ["finding", "subject", *by]
+    # A finding can be judged per example, per layer and per head (attention_disagrees is all three): a share
+    # over a mix of those would mean nothing, so the level is always part of the key.
+    table = table.assign(level=_level(table))
+    keys = ["finding", "subject", "level", *by]
     rows = []
     for key, group in table.groupby(keys, sort=True, dropna=False):
         holds = group["holds"].astype("boolean")
@@ -77,6 +81,14 @@ def summarise(
     return pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
 
 
+def _level(findings: pd.DataFrame) -> pd.Series:
+    """``"example"`` (no layer), ``"layer"`` (a layer, all heads) or ``"head"``, per finding row."""
+    layer = findings["layer"] if "layer" in findings else pd.Series(pd.NA, index=findings.index)
+    head = findings["head"] if "head" in findings else pd.Series(pd.NA, index=findings.index)
+    level = np.where(layer.isna(), "example", np.where(head.isna(), "layer", "head"))
+    return pd.Series(level, index=findings.index)
+
+
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """The Wilson score interval of a binomial share; (NaN, NaN) for no trials."""
     if trials == 0:
@@ -88,7 +100,9 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     denominator = 1 + z**2 / trials
     centre = (share + z**2 / (2 * trials)) / denominator
     half = z * np.sqrt(share * (1 - share) / trials + z**2 / (4 * trials**2)) / denominator
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: no 1e-17 from rounding
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 def example_slices(

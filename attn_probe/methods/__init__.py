@@ -4,6 +4,7 @@ Every method follows the contract of ``base.py`` and is listed by :func:`list_me
 """
 
 # Importing a method module registers its methods.
+from attn_probe.methods import alti as alti  # importing registers it (a line of its own: `as` keeps it apart)
 from attn_probe.methods import attention, flow, gradient, perturbation  # noqa: F401  (importing registers them)
 from attn_probe.methods.base import (
     METHOD_FAMILIES,

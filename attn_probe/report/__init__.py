@@ -1,0 +1,1 @@
+"""Reports of what a probe found: seaborn figures of the tidy tables (``figures``)."""
