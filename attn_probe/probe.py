@@ -18,9 +18,12 @@ classifier, the log-probability of the top next token for a language model; chec
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -34,6 +37,7 @@ from attn_probe.models.families import detect_family
 
 DEFAULT_METHODS = ("raw_attention", "attention_rollout", "attention_flow", "integrated_gradients", "leave_one_out")
 DEFAULT_CHECKS = ("agreement", "erasure", "sinks", "position", "counterfactuals")
+RUN_TABLES = ("examples", "scores", "findings", "attention")  # + one table per comparison (its evidence name)
 JUDGED_FAMILIES = ("attention", "hybrid")  # explanations read from attention weights: the ones judged
 REFERENCE_FAMILIES = ("gradient", "perturbation")  # what they are judged against
 
@@ -187,6 +191,132 @@ class Probe:
             )  # fmt: skip
         return self._result(texts, batches, assessments, [*judged, *references], batch_size)
 
+    def run(
+        self,
+        dataset: Any,
+        out: str | os.PathLike[str],
+        *,
+        methods: Sequence[str] | None = None,
+        target: Target | None = None,
+        checks: Sequence[str] = DEFAULT_CHECKS,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        thresholds: Thresholds | None = None,
+        batch_size: int = 8,
+        limit: int | None = None,
+        text_column: str = "text",
+        label_column: str | None = None,
+        max_length: int | None = None,
+        sample: int = 8,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> Any:
+        """:meth:`explain` a whole dataset into the run directory ``out``, one chunk per batch; resumable.
+
+        ``dataset``: anything :func:`attn_probe.data.load_texts` reads (a CSV / TSV / JSONL / Parquet path, a
+        DataFrame, a list of strings, a ``datasets.Dataset``), with ``text_column`` and optional
+        ``label_column`` (labels are checked against the model's classes). Started again after any
+        interruption (``kill -9`` included), the same call skips the examples already written; a directory
+        made by another model, dataset or settings is refused. Tables: ``examples``, ``scores``, ``findings``,
+        ``attention`` (per example, layer and head: entropy, shares on special / first / own token, distance)
+        and one per comparison; the full attention matrices of ``sample`` randomly chosen examples (float16).
+        Returns the run (:class:`attn_probe.store.Run`, read it with ``.table(name)``).
+
+        Example::
+
+            run = probe.run("reviews.csv", out="runs/reviews", label_column="label", limit=200)
+            findings = run.table("findings")
+        """
+        from attn_probe.data import load_texts
+        from attn_probe.store import Run, model_fingerprint, select_sample, summarise_batch
+
+        texts = load_texts(dataset, text_column=text_column, label_column=label_column, limit=limit)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if label_column is not None:
+            texts["label"] = self._class_ids(texts["label"])
+        judged, references = split_methods(methods if methods is not None else DEFAULT_METHODS)
+        thresholds = thresholds or Thresholds()
+        identity = {
+            "model": self.name,
+            "fingerprint": model_fingerprint(self.model),
+            "data": _data_fingerprint(texts),
+            "methods": [*judged, *references],
+            "target": "default (predicted class / top next token)" if target is None else repr(target),
+            "checks": list(checks),
+            "options": {k: dict(v) for k, v in (options or {}).items()},
+            "thresholds": asdict(thresholds),
+            "max_length": max_length,
+            "seed": seed,
+            "sample": sample,
+        }
+        settings = {"source": str(dataset) if isinstance(dataset, str | os.PathLike) else type(dataset).__name__,
+                    "batch_size": batch_size, "text_column": text_column, "label_column": label_column}  # fmt: skip
+        sampled = select_sample(texts["example_id"], sample, seed)
+        run = Run.open(out, identity, settings)
+        try:
+            todo = texts[~texts["example_id"].isin(run.done())]
+            starts = range(0, len(todo), batch_size)
+            if progress:
+                from tqdm.auto import tqdm
+
+                starts = tqdm(starts, desc=f"attn-probe {self.name}", unit="batch", initial=0)
+            for start in starts:
+                part = todo.iloc[start : start + batch_size]
+                ids = [int(i) for i in part["example_id"]]
+                batch = self.tokenize(list(part["text"]), max_length=max_length)
+                assessment = assess(
+                    self.model, batch, tokenizer=self.tokenizer, target=target, attention_methods=judged,
+                    reference_methods=references, checks=checks, method_options=options, thresholds=thresholds,
+                    seed=seed,
+                )  # fmt: skip
+                result = self._result(list(part["text"]), [batch], [assessment], [*judged, *references], len(ids))
+                tables = {
+                    "examples": _with_labels(result.examples, part),
+                    "scores": result.scores,
+                    "findings": result.findings,
+                    **result.evidence,
+                }
+                weights = _capture_of(self.model, batch, assessment)  # [b, L, H, n, n]
+                tables["attention"] = summarise_batch(
+                    weights.float().cpu().numpy(), list(range(len(ids))), batch.special_tokens_mask.cpu().numpy(),
+                    batch.attention_mask.bool().cpu().numpy(),
+                )  # fmt: skip
+                tables = {name: _relabel(table, ids) for name, table in tables.items()}
+                samples = {
+                    "attention": {
+                        ids[i]: weights[i][..., batch.attention_mask[i].bool(), :][..., batch.attention_mask[i].bool()]
+                        for i in range(len(ids))
+                        if ids[i] in sampled
+                    }
+                }
+                run.write(ids, tables, samples=samples)
+            run.finish({"examples": len(texts), "model": self.name})
+        finally:
+            run.close()
+        return run
+
+    def _class_ids(self, labels: pd.Series) -> pd.Series:
+        """Labels as class indices of this model: ints in range, or names of its ``id2label`` (any case)."""
+        config = getattr(self.model, "config", None)
+        num_labels = getattr(config, "num_labels", None) or getattr(
+            getattr(self.model, "config", None), "num_classes", None
+        )
+        names = {str(v).lower(): int(k) for k, v in (getattr(config, "id2label", None) or {}).items()}
+        out = []
+        for row, label in enumerate(labels):
+            if isinstance(label, str) and label.strip().lower() in names:
+                out.append(names[label.strip().lower()])
+                continue
+            try:
+                index = int(label)
+            except (TypeError, ValueError):
+                known = ", ".join(sorted(names)) or f"0..{num_labels - 1}" if num_labels else "class indices"
+                raise ValueError(f"label {label!r} (row {row}) is not a class of this model ({known})") from None
+            if num_labels is not None and not 0 <= index < num_labels:
+                raise ValueError(f"label {label!r} (row {row}) is outside this model's classes 0..{num_labels - 1}")
+            out.append(index)
+        return pd.Series(out, index=labels.index, dtype="int64")
+
     # ------------------------------------------------------------------------------------------------
     def _result(
         self,
@@ -263,6 +393,42 @@ def method_table(methods: Sequence[str]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _data_fingerprint(texts: pd.DataFrame) -> dict[str, Any]:
+    """What identifies a dataset in a run's identity: its size and a sha256 of its texts (and labels)."""
+    digest = hashlib.sha256()
+    for row in texts.itertuples(index=False):
+        digest.update(json.dumps([str(row.text), str(getattr(row, "label", ""))]).encode())
+    return {"examples": len(texts), "sha256": digest.hexdigest()}
+
+
+def _with_labels(examples: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
+    if "label" not in part:
+        return examples
+    labelled = examples.copy()
+    labelled["label"] = part["label"].to_numpy()
+    labelled["correct"] = labelled["prediction"] == labelled["label"]
+    return labelled
+
+
+def _relabel(table: pd.DataFrame, ids: list[int]) -> pd.DataFrame:
+    """A batch's table with its example ids (0 .. b-1 within the batch) mapped to the dataset's ids."""
+    if "example_id" not in table:
+        return table
+    relabelled = table.copy()
+    relabelled["example_id"] = [ids[int(i)] for i in relabelled["example_id"]]
+    return relabelled
+
+
+def _capture_of(model: nn.Module, batch: TokenizedBatch, assessment: Assessment) -> torch.Tensor:
+    """``[b, layers, heads, n, n]``: the batch's attention weights, from the assessment's shared capture when
+    its checks made one (a capture of its own otherwise)."""
+    if assessment.captured is not None:
+        return assessment.captured.weights
+    from attn_probe.capture import capture
+
+    return capture(model, batch, keep_values=False, measure_drift=False).weights
 
 
 def _shift(frame: pd.DataFrame, offset: int) -> pd.DataFrame:

@@ -68,6 +68,7 @@ from attn_probe.methods.gradient import memory_budget, pad_id, rows_within_budge
 Mode = Literal["replace", "drop"]
 MODES = ("replace", "drop")
 DEFAULT_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)  # ERASER's top-k% bins
+_FLIP_BLOCK = 4  # deletion steps tried per pass in decision_flips, before checking which orders have flipped
 
 
 class EraserScores(NamedTuple):
@@ -408,18 +409,34 @@ _NAN_SUMMARY = dict.fromkeys(
 def _flips(evaluator: _Erasure, explanation: Explanation, absolute: bool, n_random: int, seed: int) -> pd.DataFrame:
     orders = [evaluator.ranks(explanation, absolute), *evaluator.random_ranks(n_random, seed)]
     counts = evaluator.counts.tolist()
-    ks = [list(range(1, m + 1)) for m in counts]  # every step: the first flip must not be skipped
     predicted = evaluator.predicted.cpu()
-    examples = torch.tensor([i for i, k in enumerate(ks) for _ in k], dtype=torch.long)  # of each row
-    first_flip = []  # per order: per example the first k that flips, or None
-    for out in evaluator.sweeps([(ranks, False) for ranks in orders], ks):
-        flipped = (out.top != predicted[examples]).numpy()
-        per_example, start = [], 0
-        for k in ks:
-            hits = np.flatnonzero(flipped[start : start + len(k)])
-            per_example.append(k[hits[0]] if hits.size else None)
-            start += len(k)
-        first_flip.append(per_example)
+    # Per order, per example: the first k that flips, or None. Deletions are tried _FLIP_BLOCK steps at a
+    # time and an (order, example) that has flipped asks for no more: every step is still tried in order until
+    # the first flip (none is skipped), but a decision that flips after 3 deletions does not pay for 40.
+    first_flip: list[list[int | None]] = [[None] * len(counts) for _ in orders]
+    for low in range(1, max(counts, default=0) + 1, _FLIP_BLOCK):
+        pending = []
+        for o in range(len(orders)):
+            ks = [
+                list(range(low, min(low + _FLIP_BLOCK, m + 1))) if first_flip[o][i] is None else []
+                for i, m in enumerate(counts)
+            ]
+            if any(ks):
+                pending.append((o, ks))
+        if not pending:
+            break
+        parts = [evaluator.requests(orders[o], ks, keep_top=False) for o, ks in pending]
+        out = evaluator.outcomes(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        start = 0
+        for (o, ks), (examples, _) in zip(pending, parts, strict=True):
+            flipped = (out.top[start : start + len(examples)] != predicted[examples.cpu()]).numpy()
+            position = 0
+            for i, k in enumerate(ks):
+                hits = np.flatnonzero(flipped[position : position + len(k)])
+                if hits.size:
+                    first_flip[o][i] = k[hits[0]]
+                position += len(k)
+            start += len(examples)
     rows = []
     for i, m in enumerate(counts):
         own = first_flip[0][i]

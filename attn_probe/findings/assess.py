@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from attn_probe.capture import ResolvedTarget, Target, TokenizedBatch
+from attn_probe.capture import AttentionCapture, ResolvedTarget, Target, TokenizedBatch
 from attn_probe.compare.agreement import agreement_table, layer_agreement
 from attn_probe.compare.counterfactual import adversarial_attention, attention_counterfactuals
 from attn_probe.compare.faithfulness import comprehensiveness_sufficiency, decision_flips
@@ -59,6 +59,7 @@ class Assessment:
     explanations: dict[str, Explanation]
     thresholds: Thresholds
     settings: dict[str, Any] = field(default_factory=dict)
+    captured: AttentionCapture | None = None  # the shared capture, when a method or check made one
 
     def summary(self, *, by: Sequence[str] = (), slices: pd.DataFrame | None = None) -> pd.DataFrame:
         """:func:`attn_probe.findings.summary.summarise` of these findings."""
@@ -172,7 +173,7 @@ def assess(
         "seed": seed,
         "target": context.target.descriptions(tokenizer),
     }
-    return Assessment(findings, evidence, explanations, thresholds, settings)
+    return Assessment(findings, evidence, explanations, thresholds, settings, context.cached_capture)
 
 
 def _check_choices(checks: Sequence[str], attention: Sequence[str], references: Sequence[str]) -> list[str]:

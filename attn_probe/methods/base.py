@@ -141,6 +141,11 @@ class ExplainContext:
             self._capture = capture(self.model, self.inputs)
         return self._capture
 
+    @property
+    def cached_capture(self) -> AttentionCapture | None:
+        """The shared capture if a method or check already made it (None: nothing has captured yet)."""
+        return self._capture
+
     def capture_with_grad(self) -> AttentionCapture:
         """A fresh capture whose weights keep their graph (for gradient x attention methods)."""
         return capture(self.model, self.inputs, grad=True, measure_drift=False)
