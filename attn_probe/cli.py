@@ -1,15 +1,69 @@
-"""The ``attn-probe`` command line."""
+"""The ``attn-probe`` command line.
+
+    attn-probe demo                       the main job on the embedded default: minilm-sentiment on a sample of
+                                          held-out Rotten Tomatoes snippets, into runs/demo, headline findings
+    attn-probe run --model M --data D --out DIR [--methods ...] [--limit N] [--batch-size B]
+    attn-probe summary DIR                the findings of a run, in sentences and as a table
+    attn-probe models                     the offline models and the architectures attention is captured from
+    attn-probe toy                        train a toy encoder whose answer tokens are known, then probe it
+
+Exit codes: 0 done; 2 bad input (one line on stderr says what and what to do, never a traceback);
+130 interrupted (a run keeps what it wrote: the same command resumes it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from attn_probe import __version__
 from attn_probe.attention.position import POSITION_VARIANTS
 
+DEMO_MODEL = "minilm-sentiment"
+DEMO_DATA = "rotten_tomatoes:test"
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+# ------------------------------------------------------------------------------------------------------
+# commands
+# ------------------------------------------------------------------------------------------------------
+def _run(args: argparse.Namespace) -> int:
+    run = _probe_dataset(
+        args.model, args.data, args.out, methods=args.methods, checks=args.checks, limit=args.limit,
+        batch_size=args.batch_size, text_column=args.text_column, label_column=args.label_column,
+        max_length=args.max_length, sample=args.sample, seed=args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"wrote {run.path} ({len(run.done())} examples): read it with attn_probe.load_run('{run.path}')")
+    print(_summary_text(run))
+    return 0
+
 
 def _demo(args: argparse.Namespace) -> int:
+    print(f"attn-probe demo: {DEMO_MODEL} on {args.limit} held-out Rotten Tomatoes snippets -> {args.out}")
+    run = _probe_dataset(
+        DEMO_MODEL, DEMO_DATA, args.out, methods=None, checks=None, limit=args.limit, batch_size=8,
+        text_column="text", label_column="label", max_length=None, sample=4, seed=0, progress=not args.quiet,
+    )  # fmt: skip
+    examples = run.table("examples")
+    print(
+        f"\n{DEMO_MODEL}: {int(examples['correct'].sum())} of {len(examples)} snippets classified as the human "
+        f"raters did ({examples['correct'].mean():.0%}). Run directory: {run.path}\n"
+    )
+    print(_summary_text(run))
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from attn_probe.store import load_run
+
+    print(_summary_text(load_run(args.run)))
+    return 0
+
+
+def _toy(args: argparse.Namespace) -> int:
     from attn_probe.demo import format_demo, run_demo
 
     result = run_demo(steps=args.steps, seed=args.seed, position=args.position, examples=args.examples)
@@ -38,26 +92,136 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------
+# shared steps
+# ------------------------------------------------------------------------------------------------------
+def _probe_dataset(
+    model: str,
+    data: str,
+    out: str,
+    *,
+    methods: list[str] | None,
+    checks: list[str] | None,
+    limit: int | None,
+    batch_size: int,
+    text_column: str,
+    label_column: str | None,
+    max_length: int | None,
+    sample: int,
+    seed: int,
+    progress: bool,
+):
+    from attn_probe.data import load_texts
+    from attn_probe.data.builtin import builtin_dataset, is_builtin
+    from attn_probe.probe import DEFAULT_CHECKS, Probe
+
+    target_for = None
+    if is_builtin(data):
+        dataset = builtin_dataset(data)
+        source, text_column, target_for = dataset.frame, dataset.text_column, dataset.target
+        label_column = label_column or dataset.label_column
+    else:
+        source = Path(data)
+        if not source.exists():
+            raise ValueError(f"--data {data}: no such file, and not a built-in dataset (rotten_tomatoes, agreement)")
+    # The data is read and checked before the model is loaded: a typo in a column name costs no model load.
+    texts = load_texts(source, text_column=text_column, label_column=label_column, limit=limit)
+    if not progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    probe = Probe.load(model)
+    target = target_for(probe.tokenizer) if target_for is not None else None
+    return probe.run(
+        texts, out, methods=methods, target=target, checks=checks or DEFAULT_CHECKS, batch_size=batch_size,
+        label_column="label" if label_column else None, max_length=max_length, sample=sample, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+
+
+def _summary_text(run) -> str:
+    from attn_probe.findings import headlines, summarise
+
+    findings = run.table("findings")
+    if findings.empty:
+        return "no findings in this run (was it run with any checks?)"
+    summary = summarise(findings)
+    lines = ["What the run found (each line: how often the finding holds; the rest is where it does not):"]
+    lines += [f"  - {sentence}" for sentence in headlines(summary)]
+    identity = run.identity
+    lines.append(
+        f"\nmodel {identity.get('model')}; methods {', '.join(identity.get('methods', []))}; checks "
+        f"{', '.join(identity.get('checks', []))}; thresholds in the manifest ({run.path / 'manifest.json'})"
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the parser
+# ------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="attn-probe", description="Is this attention map telling me what the model actually used?"
+        prog="attn-probe",
+        description="Is this attention map telling me what the model actually used? Explain a model's predictions "
+        "with attention-derived and gradient / erasure methods, compare them, and get findings on when attention "
+        "misleads and when it is a fair explanation.",
+        epilog="Exit codes: 0 done, 2 bad input, 130 interrupted (rerun the same command to resume a run).",
     )
     parser.add_argument("--version", action="version", version=f"attn_probe {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="train a small encoder on a toy task with known answer tokens, then probe its attention"
+        "demo",
+        help=f"the main job: {DEMO_MODEL} on held-out Rotten Tomatoes snippets, findings and a run directory",
+        description=f"Load {DEMO_MODEL} (built once from PyPI packages, ~2 minutes the first time), explain a "
+        "sample of held-out Rotten Tomatoes snippets with attention, gradient and erasure methods, compare them "
+        "and print the headline findings. The run directory can be resumed and read back.",
     )
-    demo.add_argument("--steps", type=_positive_int, default=300, help="training steps (default 300)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the model and the data (default 0)")
-    demo.add_argument("--position", choices=POSITION_VARIANTS, default="t5", help="position variant (default t5)")
-    demo.add_argument("--examples", type=_positive_int, default=512, help="held-out examples probed (default 512)")
+    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    demo.add_argument("--limit", type=_positive_int, default=24, help="snippets to probe (default 24)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(handler=_demo)
 
-    models = commands.add_parser(
-        "models", help="list the offline models and the architectures attention is captured from"
+    run = commands.add_parser(
+        "run",
+        help="probe a dataset into a resumable run directory",
+        description="Explain every text of a dataset, compare the methods and judge the attention, writing tables "
+        "as batches finish. Interrupted (Ctrl-C, kill -9), the same command resumes where it stopped.",
     )
+    run.add_argument("--model", required=True, help="offline name (attn-probe models), Hugging Face id or path")
+    run.add_argument(
+        "--data",
+        required=True,
+        help="a .csv/.tsv/.jsonl/.parquet file, or a built-in dataset: rotten_tomatoes[:test|train|all], agreement[:N]",
+    )
+    run.add_argument("--out", required=True, help="run directory (created, or resumed if it holds the same run)")
+    run.add_argument("--methods", nargs="+", help="method ids (default: raw, rollout, flow, IG, leave-one-out)")
+    run.add_argument("--checks", nargs="+", help="agreement erasure sinks position counterfactuals adversarial ...")
+    run.add_argument("--limit", type=_positive_int, help="only the first N texts")
+    run.add_argument("--batch-size", type=_positive_int, default=8, help="texts per batch and chunk (default 8)")
+    run.add_argument("--text-column", default="text", help="column of the texts (default text)")
+    run.add_argument("--label-column", help="column of gold labels (class index or name), optional")
+    run.add_argument("--max-length", type=_positive_int, help="truncate texts to N tokens (default: the model's)")
+    run.add_argument("--sample", type=int, default=8, help="examples whose full attention is kept (default 8)")
+    run.add_argument("--seed", type=int, default=0, help="seed of permutations, random orders, samples")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
+
+    summary = commands.add_parser("summary", help="the findings of a run directory, in sentences")
+    summary.add_argument("run", help="a run directory written by attn-probe run / demo")
+    summary.set_defaults(handler=_summary)
+
+    models = commands.add_parser("models", help="the offline models and the architectures attention is captured from")
     models.set_defaults(handler=_models)
+
+    toy = commands.add_parser(
+        "toy", help="train a small encoder on a toy task with known answer tokens, then probe its attention"
+    )
+    toy.add_argument("--steps", type=_positive_int, default=300, help="training steps (default 300)")
+    toy.add_argument("--seed", type=int, default=0, help="seed for the model and the data (default 0)")
+    toy.add_argument("--position", choices=POSITION_VARIANTS, default="t5", help="position variant (default t5)")
+    toy.add_argument("--examples", type=_positive_int, default=512, help="held-out examples probed (default 512)")
+    toy.set_defaults(handler=_toy)
     return parser
 
 
@@ -73,11 +237,23 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.handler(args)
-    except (ValueError, TypeError) as error:
-        print(f"attn-probe {args.command}: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"attn-probe {args.command}: interrupted; what was written is kept, rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        one_line = " ".join(str(message).split())  # e.g. a loader's error quoting a multi-line cause
+        print(f"attn-probe {args.command}: error: {one_line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        warnings.formatwarning = previous
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"attn-probe: warning: {message}\n"
 
 
 if __name__ == "__main__":

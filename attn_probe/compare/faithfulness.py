@@ -68,6 +68,7 @@ from attn_probe.methods.gradient import memory_budget, pad_id, rows_within_budge
 Mode = Literal["replace", "drop"]
 MODES = ("replace", "drop")
 DEFAULT_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)  # ERASER's top-k% bins
+PROTOCOLS = ("eraser", "curves", "flips")
 _FLIP_BLOCK = 4  # deletion steps tried per pass in decision_flips, before checking which orders have flipped
 
 
@@ -215,13 +216,18 @@ def faithfulness_report(
     seed: int = 0,
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
 ) -> FaithfulnessReport:
     """All three protocols for several explanations of one batch, rows stacked per method.
 
     ``explanations``: the dict :func:`attn_probe.methods.explain` returns (or a list of explanations). One
     erasure cache serves every method and protocol: the full and all-erased inputs, the deletion steps
     shared by the curves and the flips, and the random orders (the same for every method) run once.
+    ``protocols``: any of ``"eraser"``, ``"curves"``, ``"flips"``; the tables of the others are empty.
     """
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}")
     fractions = _check_bins(bins)
     steps = _check_optional_positive("steps", steps)
     n_random = _check_count("n_random", n_random)
@@ -231,14 +237,19 @@ def faithfulness_report(
     evaluator = _Erasure(context, mode, include_special, batch_size, memory_budget_bytes)
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in FaithfulnessReport._fields}
     for explanation in chosen:
-        eraser = _eraser(evaluator, explanation, fractions, absolute)
-        curves = _curves(evaluator, explanation, steps, absolute, n_random, seed)
-        parts["eraser_bins"].append(eraser.per_bin)
-        parts["eraser"].append(eraser.per_example)
-        parts["curves"].append(curves.curves)
-        parts["curve_summary"].append(curves.summary)
-        parts["flips"].append(_flips(evaluator, explanation, absolute, n_random, seed))
-    return FaithfulnessReport(**{name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()})
+        if "eraser" in protocols:
+            eraser = _eraser(evaluator, explanation, fractions, absolute)
+            parts["eraser_bins"].append(eraser.per_bin)
+            parts["eraser"].append(eraser.per_example)
+        if "curves" in protocols:
+            curves = _curves(evaluator, explanation, steps, absolute, n_random, seed)
+            parts["curves"].append(curves.curves)
+            parts["curve_summary"].append(curves.summary)
+        if "flips" in protocols:
+            parts["flips"].append(_flips(evaluator, explanation, absolute, n_random, seed))
+    return FaithfulnessReport(
+        **{name: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame() for name, frames in parts.items()}
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

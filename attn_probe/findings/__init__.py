@@ -6,7 +6,7 @@ often each finding holds over a dataset, by slice, with intervals; ``assess`` ru
 """
 
 from attn_probe.findings.assess import CHECKS, Assessment, assess
-from attn_probe.findings.summary import example_slices, summarise, wilson_interval
+from attn_probe.findings.summary import example_slices, headlines, summarise, wilson_interval
 from attn_probe.findings.thresholds import Thresholds
 from attn_probe.findings.verdicts import (
     FINDING_COLUMNS,
@@ -36,6 +36,7 @@ __all__ = [
     "erasure_prefers_attributions",
     "example_slices",
     "head_disagrees",
+    "headlines",
     "output_ignores_attention",
     "position_explains_head",
     "summarise",

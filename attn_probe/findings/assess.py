@@ -12,8 +12,9 @@ Protocol (all on one batch, for one resolved target, shared by every step):
 2. ``agreement``: Kendall / Spearman / top-k of every pair, ranked by ``|score|`` (signed gradients against
    non-negative attention), special tokens excluded; and of every head of the attention methods that have a
    per-head view (``raw_attention``, ``attention_norm``) with each reference;
-3. ``erasure``: ERASER comprehensiveness / sufficiency and decision flips against 10 random orders, ranked by
-   the signed score (the tokens that support the prediction), special tokens never erased;
+3. ``erasure``: ERASER comprehensiveness / sufficiency and decision flips against 10 random orders (shared by
+   every method), ranked by the signed score (the tokens that support the prediction), special tokens never
+   erased;
 4. ``sinks`` and ``position``: read from the shared capture;
 5. ``counterfactuals``: every layer of ``layers`` (default all) permuted (3 seeds), made uniform and frozen to
    its position-only pattern, all heads together (``heads="each"`` for per-head verdicts);
@@ -36,7 +37,7 @@ from torch import nn
 from attn_probe.capture import AttentionCapture, ResolvedTarget, Target, TokenizedBatch
 from attn_probe.compare.agreement import agreement_table, layer_agreement
 from attn_probe.compare.counterfactual import adversarial_attention, attention_counterfactuals
-from attn_probe.compare.faithfulness import comprehensiveness_sufficiency, decision_flips
+from attn_probe.compare.faithfulness import faithfulness_report
 from attn_probe.compare.position import position_explained
 from attn_probe.compare.sanity import randomisation_check
 from attn_probe.compare.sinks import attention_sinks
@@ -122,12 +123,9 @@ def assess(
                 verdicts.head_disagrees(evidence["head_agreement"], evidence["agreement"], references, thresholds)
             )
     if "erasure" in chosen:
-        eraser = [comprehensiveness_sufficiency(context, explanations[m]).per_example for m in methods]
-        flips = [decision_flips(context, explanations[m], seed=seed) for m in attention]
-        evidence["eraser"], evidence["flips"] = (
-            pd.concat(eraser, ignore_index=True),
-            pd.concat(flips, ignore_index=True),
-        )
+        # One erasure cache for every method: the random deletion orders (the flips' baseline) run once.
+        report = faithfulness_report(context, explanations, protocols=("eraser", "flips"), seed=seed)
+        evidence["eraser"], evidence["flips"] = report.eraser, report.flips
         found.append(verdicts.erasure_prefers_attributions(evidence["eraser"], attention, references, thresholds))
         found.append(verdicts.attention_no_better_than_random(evidence["flips"], attention))
     if "sinks" in chosen:

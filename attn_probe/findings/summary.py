@@ -81,6 +81,44 @@ def summarise(
     return pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
 
 
+_HEADLINES = {
+    "attention_disagrees": "{subject} ranks tokens unlike the gradient / erasure attributions",
+    "attention_sink": "a head puts most of its attention on special tokens that carry little (a sink)",
+    "output_ignores_attention": "the output barely moves when a layer's attention is permuted or made uniform",
+    "adversarial_attention_exists": "a very different attention gives the same output",
+    "erasure_prefers_attributions": "erasing {subject}'s top tokens moves the prediction less than erasing the "
+    "attributions' top tokens",
+    "attention_no_better_than_random": "deleting tokens in {subject}'s order flips the decision no sooner than "
+    "random orders",
+    "position_explains_head": "position alone explains a head's pattern",
+    "survives_randomisation": "{subject} barely changes when the model's weights are randomised",
+}
+_UNITS = {"example": "examples", "layer": "(example, layer) cases", "head": "(example, head) cases"}
+
+
+def headlines(summary: pd.DataFrame) -> list[str]:
+    """One plain sentence per row of :func:`summarise` (no ``by`` columns), most frequent findings first:
+
+    ``"attention_rollout ranks tokens unlike the gradient / erasure attributions: 2 of 3 examples (67%, 95% CI
+    21-94%)"``. The count of cases that hold *and* of those that do not is in every sentence, so the same line
+    says where attention is a fair explanation.
+    """
+    rows = summary.dropna(subset=["share"]).sort_values(["share", "n_assessable"], ascending=[False, False])
+    sentences = []
+    for row in rows.itertuples(index=False):
+        subject = row.subject if isinstance(row.subject, str) else "attention"
+        claim = _HEADLINES.get(row.finding, row.finding.replace("_", " ")).format(subject=subject)
+        unit = _UNITS.get(getattr(row, "level", "example"), "cases")
+        sentence = (
+            f"{claim}: {row.n_holds} of {row.n_assessable} {unit} ({row.share:.0%}, 95% CI "
+            f"{row.ci_low:.0%}-{row.ci_high:.0%})"
+        )
+        if row.n_not_assessable:
+            sentence += f"; {row.n_not_assessable} not assessable"
+        sentences.append(sentence)
+    return sentences
+
+
 def _level(findings: pd.DataFrame) -> pd.Series:
     """``"example"`` (no layer), ``"layer"`` (a layer, all heads) or ``"head"``, per finding row."""
     layer = findings["layer"] if "layer" in findings else pd.Series(pd.NA, index=findings.index)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attn_probe.findings import example_slices, summarise, wilson_interval
+from attn_probe.findings import example_slices, headlines, summarise, wilson_interval
 
 
 def findings() -> pd.DataFrame:
@@ -64,3 +64,14 @@ def test_length_bins_and_bad_input():
         summarise(findings(), slices=pd.DataFrame({"example_id": [0, 0]}))
     with pytest.raises(ValueError, match="values for"):
         example_slices(torch.ones(2, 3), labels=[1])
+
+
+def test_headlines_say_how_often_a_finding_holds_and_how_often_not():
+    sentences = headlines(summarise(findings()))
+    assert len(sentences) == 2
+    assert any(s.startswith("the output barely moves") and "2 of 3 (example, layer) cases" in s for s in sentences)
+    assert any(
+        s.startswith("att ranks tokens unlike the gradient / erasure attributions: 2 of 3 examples (67%, 95% CI")
+        and s.endswith("1 not assessable")
+        for s in sentences
+    )
