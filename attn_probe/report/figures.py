@@ -19,6 +19,26 @@ from matplotlib.figure import Figure
 DIVERGING = "vlag"  # blue = negative, white = 0, red = positive: the sign of a score stays readable
 
 
+def _show_in_notebooks() -> None:
+    """Let a notebook draw these figures when one is the last expression of a cell.
+
+    Jupyter draws a matplotlib Figure through a PNG formatter that only pyplot's inline backend registers;
+    our figures are built without pyplot (no global state), so register it here when running in IPython.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import print_figure
+    except ImportError:  # not in IPython: nothing to do
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    shell.display_formatter.formatters["image/png"].for_type(Figure, lambda figure: print_figure(figure, "png"))
+
+
+_show_in_notebooks()
+
+
 def token_scores_figure(
     scores: pd.DataFrame,
     example_id: int,
