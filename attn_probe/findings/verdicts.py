@@ -367,40 +367,52 @@ def survives_randomisation(sanity: pd.DataFrame, thresholds: Thresholds = DEFAUL
 # layer / head findings
 # ----------------------------------------------------------------------------------------------------
 def attention_sink(sinks: pd.DataFrame, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> pd.DataFrame:
-    """Does a head put most of its attention on special tokens whose value vectors carry little? (a sink)
+    """Does a head put most of its attention on sink tokens whose value vectors carry little? (a sink)
 
-    ``sinks``: :func:`attn_probe.compare.sinks.attention_sinks` rows with the norm-weighted columns.
+    ``sinks``: :func:`attn_probe.compare.sinks.attention_sinks` rows with the norm-weighted columns. Two kinds
+    of sink tokens are judged, and the one that draws more attention decides: the special tokens ([CLS],
+    [SEP], BOS, ...) and the first token (a decoder's usual sink, special or not: many decoder tokenizers add
+    no BOS).
     """
     _need_columns(sinks, ["example_id", "layer", "head", "special_share", "special_share_norm"], "attention_sinks")
     rows = []
     for record in sinks.itertuples(index=False):
-        share, norm_share = float(record.special_share), float(record.special_share_norm)
+        first, first_norm = getattr(record, "first_share", np.nan), getattr(record, "first_share_norm", np.nan)
+        candidates = [
+            ("special tokens", float(record.special_share), float(record.special_share_norm)),
+            ("the first token", float(first), float(first_norm)),
+        ]
+        judged = [c for c in candidates if not (np.isnan(c[1]) or np.isnan(c[2]))]
         where = _where(record.layer, record.head)
-        if np.isnan(share) or np.isnan(norm_share):
-            holds, statement = pd.NA, f"{where}: no special tokens or no value norms to judge a sink by"
-        elif share < thresholds.sink_share:
-            holds = False
-            statement = f"{where} puts {share:.0%} of its attention on special tokens: not a sink"
-        elif norm_share <= thresholds.sink_norm_drop * share:
-            holds = True
-            statement = (
-                f"{where} puts {share:.0%} of its attention on special tokens, but they carry only {norm_share:.0%} "
-                f"of what it writes (norm-weighted): a sink, its weights overstate those tokens"
-            )
+        if not judged:
+            holds, statement = pd.NA, f"{where}: no sink tokens or no value norms to judge a sink by"
+            what, share, norm_share = "special tokens", np.nan, np.nan
         else:
-            holds = False
-            statement = (
-                f"{where} puts {share:.0%} of its attention on special tokens and they carry {norm_share:.0%} of what "
-                f"it writes: the attention is not empty there"
-            )
+            what, share, norm_share = max(judged, key=lambda c: c[1])
+            if share < thresholds.sink_share:
+                holds = False
+                statement = f"{where} puts {share:.0%} of its attention on {what}: not a sink"
+            elif norm_share <= thresholds.sink_norm_drop * share:
+                holds = True
+                statement = (
+                    f"{where} puts {share:.0%} of its attention on {what}, but they carry only {norm_share:.0%} of "
+                    f"what it writes (norm-weighted): a sink, its weights overstate those tokens"
+                )
+            else:
+                holds = False
+                statement = (
+                    f"{where} puts {share:.0%} of its attention on {what} and they carry {norm_share:.0%} of what it "
+                    f"writes: the attention is not empty there"
+                )
         rows.append(
             _row(
                 record.example_id,
                 "attention_sink",
                 holds,
                 statement,
-                evidence="share of attention on special tokens (value), and of the norm-weighted contributions "
-                "||alpha f(x)|| (baseline); judged: value >= sink_share and baseline <= sink_norm_drop x value",
+                evidence=f"share of attention on {what} (value; the larger of special tokens and the first token), "
+                "and of the norm-weighted contributions ||alpha f(x)|| (baseline); judged: value >= sink_share and "
+                "baseline <= sink_norm_drop x value",
                 value=share,
                 threshold=thresholds.sink_share,
                 baseline=norm_share,

@@ -68,6 +68,11 @@ def test_attention_sink_needs_a_high_share_and_a_small_norm_share():
     )
     frame = attention_sink(sinks)
     assert holds(frame) == [True, False, False, None]
+    decoder = sinks.assign(special_share=0.0, special_share_norm=0.0, first_share=[0.9, 0.2, 0.9, 0.9],
+                           first_share_norm=[0.1, 0.0, 0.8, np.nan])  # fmt: skip
+    first = attention_sink(decoder)  # no special tokens, but the first token draws the weight
+    assert holds(first) == [True, False, False, False]
+    assert "the first token" in first.loc[0, "statement"]
     assert "80%" in frame.loc[0, "statement"] and "10%" in frame.loc[0, "statement"]
     assert "not a sink" in frame.loc[2, "statement"]
     assert list(frame["layer"]) == [0, 0, 1, 1] and list(frame["head"]) == [0, 1, 0, 1]
