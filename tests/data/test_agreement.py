@@ -126,11 +126,11 @@ def check_ground_truth(tokenizer, frame, batch):
     return truth
 
 
-def test_positions_point_at_the_nouns_with_wordpiece(minilm_tokenizer):
+def test_positions_point_at_the_nouns_with_wordpiece(tokenizer):
     frame = agreement_prompts(n=48, seed=2)
     for side in ("right", "left"):
-        batch = tokenize(minilm_tokenizer, frame.text.tolist(), padding_side=side)
-        truth = check_ground_truth(minilm_tokenizer, frame, batch)
+        batch = tokenize(tokenizer, frame.text.tolist(), padding_side=side)
+        truth = check_ground_truth(tokenizer, frame, batch)
     assert (truth.groupby(["example_id", "role"]).size() == 1).all()  # every noun is one WordPiece token
 
 
@@ -141,29 +141,29 @@ def test_positions_point_at_the_nouns_with_byte_level_bpe(byte_level_tokenizer):
     assert truth.groupby(["example_id", "role"]).size().min() > 2  # nouns fall apart into bytes here
 
 
-def test_role_mask_and_masked_lm_prompts(minilm_tokenizer):
+def test_role_mask_and_masked_lm_prompts(tokenizer):
     frame = agreement_prompts(n=12, seed=0)
-    masked = [f"{text} {minilm_tokenizer.mask_token}" for text in frame.text]
-    batch = tokenize(minilm_tokenizer, masked)  # an appended [MASK] keeps the word indices
+    masked = [f"{text} {tokenizer.mask_token}" for text in frame.text]
+    batch = tokenize(tokenizer, masked)  # an appended [MASK] keeps the word indices
     subject, attractor = role_mask(batch, frame, "subject"), role_mask(batch, frame, "attractor")
     assert subject.shape == batch.input_ids.shape and subject.dtype == torch.bool
     assert not (subject & attractor).any() and not (subject & batch.special_tokens_mask).any()
     for i in range(len(frame)):
-        assert minilm_tokenizer.decode(batch.input_ids[i][subject[i]]) == frame.subject[i]
-        assert minilm_tokenizer.decode(batch.input_ids[i][attractor[i]]) == frame.attractor[i]
+        assert tokenizer.decode(batch.input_ids[i][subject[i]]) == frame.subject[i]
+        assert tokenizer.decode(batch.input_ids[i][attractor[i]]) == frame.attractor[i]
 
 
-def test_mismatched_batch_is_refused(minilm_tokenizer):
+def test_mismatched_batch_is_refused(tokenizer):
     frame = agreement_prompts(n=4, seed=0)
     with pytest.raises(ValueError, match=r"frame\.text"):
-        token_positions(tokenize(minilm_tokenizer, frame.text.tolist()[::-1]), frame)
+        token_positions(tokenize(tokenizer, frame.text.tolist()[::-1]), frame)
     with pytest.raises(ValueError, match="3 examples but the frame 4 rows"):
-        token_positions(tokenize(minilm_tokenizer, frame.text.tolist()[:3]), frame)
+        token_positions(tokenize(tokenizer, frame.text.tolist()[:3]), frame)
     with pytest.raises(ValueError, match="role must be"):
-        role_mask(tokenize(minilm_tokenizer, frame.text.tolist()), frame, "verb")
+        role_mask(tokenize(tokenizer, frame.text.tolist()), frame, "verb")
 
 
-@pytest.mark.parametrize("which", ["minilm_tokenizer", "byte_level_tokenizer"])
+@pytest.mark.parametrize("which", ["tokenizer", "byte_level_tokenizer"])
 def test_target_is_are_minus_is_and_the_sign_makes_it_correct_minus_wrong(which, request):
     tokenizer = request.getfixturevalue(which)
     target = agreement_target(tokenizer)

@@ -32,8 +32,8 @@ def make_explanation(batch, scores_by_word: list[dict[str, float]], method: str 
 
 
 @pytest.fixture(scope="module")
-def batch(minilm_tokenizer):
-    return tokenize(minilm_tokenizer, TEXTS)
+def batch(tokenizer):
+    return tokenize(tokenizer, TEXTS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,8 +139,8 @@ def test_sign_decides_the_ranking_when_not_absolute(batch):
     assert signed.hits == 0.0 and signed.top_words == "movie" and not signed.absolute
 
 
-def test_k_larger_than_the_example_and_capitalised_words(minilm_tokenizer):
-    batch = tokenize(minilm_tokenizer, ["Gorgeous!", "   "])
+def test_k_larger_than_the_example_and_capitalised_words(tokenizer):
+    batch = tokenize(tokenizer, ["Gorgeous!", "   "])
     explanation = make_explanation(batch, [{"Gorgeous": 1.0, "!": 0.5}, {}])
     table = plausibility(explanation, batch, k=5)  # VADER's lexicon; 'Gorgeous' matches 'gorgeous'
     first, empty = table.iloc[0], table.iloc[1]
@@ -148,8 +148,8 @@ def test_k_larger_than_the_example_and_capitalised_words(minilm_tokenizer):
     assert empty.n_words == 0 and math.isnan(empty.precision) and math.isnan(empty.random_precision)
 
 
-def test_several_methods_at_once_from_explain(batch, tiny_bert, minilm_tokenizer):
-    explanations = explain(tiny_bert, batch, ["raw_attention", "saliency"], tokenizer=minilm_tokenizer)
+def test_several_methods_at_once_from_explain(batch, tiny_bert, tokenizer):
+    explanations = explain(tiny_bert, batch, ["raw_attention", "saliency"], tokenizer=tokenizer)
     table = plausibility(explanations, batch, k=2)
     assert sorted(table.method.unique()) == ["raw_attention", "saliency"] and len(table) == 4
     assert ((table.hits >= 0) & (table.hits <= 2) & (table.hits <= table.n_valenced)).all()
@@ -157,10 +157,10 @@ def test_several_methods_at_once_from_explain(batch, tiny_bert, minilm_tokenizer
     assert table.n_valenced.tolist() == [1, 1, 1, 1]
 
 
-def test_refusals(batch, minilm_tokenizer):
+def test_refusals(batch, tokenizer):
     explanation = make_explanation(batch, [{}, {}])
     with pytest.raises(ValueError, match="pass the batch the explanation was computed on"):
-        plausibility(explanation, tokenize(minilm_tokenizer, ["one text"]), VALENCE)
+        plausibility(explanation, tokenize(tokenizer, ["one text"]), VALENCE)
     with pytest.raises(ValueError, match="k must be a positive int"):
         plausibility(explanation, batch, VALENCE, k=0)
     with pytest.raises(ValueError, match="lacks the column"):
