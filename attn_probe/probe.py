@@ -175,7 +175,7 @@ class Probe:
         bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
         if bad:
             raise ValueError(f"texts {bad[:10]} are empty or not strings: every text needs some content to explain")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         judged, references = split_methods(methods if methods is not None else DEFAULT_METHODS)
         batches, assessments = [], []
@@ -230,7 +230,7 @@ class Probe:
         from attn_probe.store import Run, model_fingerprint, select_sample, summarise_batch
 
         texts = load_texts(dataset, text_column=text_column, label_column=label_column, limit=limit)
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if label_column is not None:
             texts["label"] = self._class_ids(texts["label"])
@@ -298,20 +298,17 @@ class Probe:
     def _class_ids(self, labels: pd.Series) -> pd.Series:
         """Labels as class indices of this model: ints in range, or names of its ``id2label`` (any case)."""
         config = getattr(self.model, "config", None)
-        num_labels = getattr(config, "num_labels", None) or getattr(
-            getattr(self.model, "config", None), "num_classes", None
-        )
+        num_labels = getattr(config, "num_labels", None) or getattr(config, "num_classes", None)  # HF, or ours
         names = {str(v).lower(): int(k) for k, v in (getattr(config, "id2label", None) or {}).items()}
+        known = ", ".join(sorted(names)) or (f"0..{num_labels - 1}" if num_labels else "class indices")
         out = []
         for row, label in enumerate(labels):
             if isinstance(label, str) and label.strip().lower() in names:
                 out.append(names[label.strip().lower()])
                 continue
-            try:
-                index = int(label)
-            except (TypeError, ValueError):
-                known = ", ".join(sorted(names)) or f"0..{num_labels - 1}" if num_labels else "class indices"
-                raise ValueError(f"label {label!r} (row {row}) is not a class of this model ({known})") from None
+            index = _whole_number(label)
+            if index is None:
+                raise ValueError(f"label {label!r} (row {row}) is not a class of this model ({known})")
             if num_labels is not None and not 0 <= index < num_labels:
                 raise ValueError(f"label {label!r} (row {row}) is outside this model's classes 0..{num_labels - 1}")
             out.append(index)
@@ -340,7 +337,7 @@ class Probe:
                         "n_tokens": batch.lengths,
                         "truncated": batch.truncated,
                         "target": descriptions,
-                        "prediction": first.target.ids.tolist(),
+                        "prediction": _predictions(self.model, batch, assessment, first).tolist(),
                     }
                 )
             )
@@ -393,6 +390,37 @@ def method_table(methods: Sequence[str]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _whole_number(label: Any) -> int | None:
+    """``label`` as a class index if it is a whole number (1, "1", 1.0); None for 1.5, True, "pos", ..."""
+    if isinstance(label, bool):
+        return None
+    try:
+        value = float(label)
+    except (TypeError, ValueError):
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def _predictions(model: nn.Module, batch: TokenizedBatch, assessment: Assessment, first: Explanation) -> torch.Tensor:
+    """``[b]`` what the model predicts (its argmax class, or top next token at the target's position), which is
+    the explained class only when the target was left to the model."""
+    target = first.target
+    if target.chosen_by_model:
+        return target.ids.cpu()
+    if assessment.captured is not None and assessment.captured.logits is not None:
+        logits = assessment.captured.logits
+    else:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            outputs = model(**{k: v.to(device) for k, v in batch.model_inputs().items()})
+            logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+    logits = logits.detach()
+    if logits.dim() == 3:  # a language model: the row of each example's predicting position
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        logits = logits[rows, target.positions.to(logits.device)]
+    return logits.argmax(dim=-1).cpu()
 
 
 def _data_fingerprint(texts: pd.DataFrame) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_run_writes_a_run_and_summary_reads_it(model_dir, reviews, tmp_path, cap
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda a, d: [*a[:2], "no-such-model", *a[3:], "--text-column", "review"], "no-such-model"),
+        (lambda a, d: [*a[:2], str(d / "no-such-model"), *a[3:], "--text-column", "review"], "no-such-model"),
         (lambda a, d: [*a[:4], str(d / "missing.csv"), *a[5:]], "no such file"),
         (lambda a, d: [*a, "--text-column", "body"], "no column 'body'"),
         (lambda a, d: [*a, "--text-column", "review", "--methods", "saliency"], "derived from attention"),
