@@ -13,7 +13,7 @@ future tokens. A key whose weight underflowed to exactly 0 (logit gap above ~100
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -80,20 +80,38 @@ def uniform_weights(head: HeadSelection = None) -> HookFn:
 def permute_weights(seed: int = 0, head: HeadSelection = None) -> HookFn:
     """Shuffle each query's weights among the keys it may attend to (Jain & Wallace 2019).
 
-    The permutation is drawn once per call from ``seed``, independently for every row, so the same
-    seed on the same input gives the same counterfactual.
+    The permutation of an example is drawn from ``seed`` for that example's own block of keys (the keys
+    some query of it attends to), so the same seed gives the same counterfactual for an input alone or in
+    any padded batch.
     """
 
     def hook(weights: torch.Tensor, _point: HookPoint) -> torch.Tensor:
         heads = _heads_index(head, weights.shape[1])
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        num_keys = weights.shape[-1]
         support = weights > 0  # [batch, heads, q, k]
-        keys = torch.arange(weights.shape[-1], device=weights.device).expand_as(weights)
+        keys = torch.arange(num_keys, device=weights.device).expand_as(weights)
+        real = support.any(dim=1).any(dim=1)  # [batch, k]: the keys of each example (padding has no weight)
+        random_keys = per_example_random(seed, real, weights.shape[1], torch.rand).to(weights.device)
         # Both orders list the support first: the original order, and a random order of it.
-        original_order = torch.where(support, keys, keys + weights.shape[-1]).argsort(dim=-1)
-        random_keys = torch.rand(weights.shape, generator=generator).to(weights.device)
-        random_order = torch.where(support, random_keys, random_keys + 2.0).argsort(dim=-1)
+        original_order = torch.where(support, keys, keys + num_keys).argsort(dim=-1, stable=True)
+        random_order = torch.where(support, random_keys, random_keys + 2.0).argsort(dim=-1, stable=True)
         permuted = torch.zeros_like(weights).scatter_(-1, random_order, weights.gather(-1, original_order))
         return _replace_heads(weights, heads, permuted)
 
     return hook
+
+
+def per_example_random(
+    seed: int, real: torch.Tensor, num_heads: int, draw: Callable[..., torch.Tensor]
+) -> torch.Tensor:
+    """``[batch, heads, n, n]`` (CPU, float32): for each example, ``draw(heads, m, m)`` from a generator seeded with
+    ``seed``, placed on its ``m`` real rows and columns (``real [batch, n]`` bool); 0 elsewhere. What makes a
+    random counterfactual independent of the batch an example is in."""
+    batch, width = real.shape
+    out = torch.zeros(batch, num_heads, width, width)
+    for example in range(batch):
+        columns = torch.nonzero(real[example].cpu()).flatten()
+        generator = torch.Generator().manual_seed(seed)
+        block = draw(num_heads, len(columns), len(columns), generator=generator)
+        out[example, :, columns[:, None], columns[None, :]] = block
+    return out

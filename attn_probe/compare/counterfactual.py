@@ -55,7 +55,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attn_probe.attention.interventions import set_weights, uniform_weights
+from attn_probe.attention.interventions import per_example_random, permute_weights, set_weights, uniform_weights
 from attn_probe.capture import ResolvedTarget, Target, TokenizedBatch, capture, intervene
 from attn_probe.capture.recorder import WeightsEdit
 from attn_probe.methods.base import ExplainContext
@@ -164,7 +164,7 @@ def attention_counterfactuals(
             for head_label, head_index in selections:
                 for name, seed in plan:
                     if name == "permute":
-                        edit = _permute_edit(int(seed), head_index, real)  # type: ignore[arg-type]
+                        edit = permute_weights(int(seed), head=head_index)
                     elif name == "uniform":
                         edit = uniform_weights(head=head_index)
                     else:
@@ -289,7 +289,7 @@ def adversarial_attention(
         support = old > 0  # the keys each row may attend to (exactly 0 = masked, as in the interventions)
         editable = edited_rows[:, None, :, None] & support.any(dim=-1, keepdim=True)  # [batch, h, q, 1]
         # new = (1 - alpha) * original + alpha * softmax(theta), per row; see the docstring.
-        theta = (_per_example_random(seed, real, old.shape[1], torch.randn).double() * init_noise).to(old.device)
+        theta = (per_example_random(seed, real, old.shape[1], torch.randn).double() * init_noise).to(old.device)
         theta.requires_grad_(True)
         mix_logit = torch.zeros(*old.shape[:-1], 1, dtype=old.dtype, device=old.device, requires_grad=True)
         optimiser = torch.optim.Adam([theta, mix_logit], lr=lr, eps=1e-12)
@@ -436,43 +436,6 @@ def _replace_heads(new: torch.Tensor, heads: list[int]) -> WeightsEdit:
         return out
 
     return hook
-
-
-def _permute_edit(seed: int, heads: list[int], real: torch.Tensor) -> WeightsEdit:
-    """Shuffle each query row's weights among its support (``weights > 0``), for the chosen heads.
-
-    Like :func:`attn_probe.attention.interventions.permute_weights`, but the random order of an example is
-    drawn from ``seed`` for that example's real block alone, so it does not depend on the other examples of
-    the batch or on the padded width.
-    """
-
-    def hook(weights: torch.Tensor, _point: Any) -> torch.Tensor:
-        num_keys = weights.shape[-1]
-        support = weights > 0  # [batch, heads, q, k]
-        keys = torch.arange(num_keys, device=weights.device).expand_as(weights)
-        random_keys = _per_example_random(seed, real, weights.shape[1], torch.rand).to(weights.device)
-        # Both orders list the support first: in its original order, and in a random order.
-        original_order = torch.where(support, keys, keys + num_keys).argsort(dim=-1, stable=True)
-        random_order = torch.where(support, random_keys, random_keys + 2.0).argsort(dim=-1, stable=True)
-        permuted = torch.zeros_like(weights).scatter_(-1, random_order, weights.gather(-1, original_order))
-        out = weights.clone()
-        out[:, heads] = permuted[:, heads]
-        return out
-
-    return hook
-
-
-def _per_example_random(seed: int, real: torch.Tensor, num_heads: int, draw: Any) -> torch.Tensor:
-    """``[batch, heads, n, n]`` (CPU, float32): for each example, ``draw(heads, m, m)`` from a generator seeded
-    with ``seed`` placed on its ``m`` real rows and columns; 0 elsewhere."""
-    batch, width = real.shape
-    out = torch.zeros(batch, num_heads, width, width)
-    for example in range(batch):
-        columns = torch.nonzero(real[example].cpu()).flatten()
-        generator = torch.Generator().manual_seed(seed)
-        block = draw(num_heads, len(columns), len(columns), generator=generator)
-        out[example, :, columns[:, None], columns[None, :]] = block
-    return out
 
 
 def _softmax_on(theta: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from attn_probe.attention.hooks import hook_points
+from attn_probe.attention.interventions import permute_weights
 from attn_probe.attention.known_models import attention_ignored, attention_used
 from attn_probe.capture import capture
 from attn_probe.capture.backend import model_configs
@@ -14,7 +15,6 @@ from attn_probe.compare.counterfactual import (
     ADVERSARIAL_COLUMNS,
     COUNTERFACTUAL_COLUMNS,
     MAX_JSD,
-    _permute_edit,
     adversarial_attention,
     attention_counterfactuals,
 )
@@ -166,12 +166,12 @@ def test_permutation_moves_weight_only_among_each_rows_real_keys():
     allowed = real[:, None, None, :] & torch.ones(6, 6).tril().bool()  # padding and causality
     weights = torch.rand(2, 3, 6, 6).masked_fill(~allowed, 0.0)
     weights = weights / weights.sum(-1, keepdim=True)
-    permuted = _permute_edit(seed=5, heads=[0, 2], real=real)(weights, None)
+    permuted = permute_weights(seed=5, head=[0, 2])(weights, None)
     assert torch.equal(permuted[:, 1], weights[:, 1])  # head 1 not chosen
     assert torch.equal(permuted > 0, weights > 0)  # support kept: nothing on padding or the future
     torch.testing.assert_close(permuted.sort(-1).values, weights.sort(-1).values, rtol=0, atol=0)
     assert not torch.equal(permuted[:, 0], weights[:, 0])
-    alone = _permute_edit(seed=5, heads=[0, 2], real=real[1:, :3])(weights[1:, :, :3, :3], None)
+    alone = permute_weights(seed=5, head=[0, 2])(weights[1:, :, :3, :3], None)
     assert torch.equal(alone[0], permuted[1, :, :3, :3])  # an example's permutation ignores the batch
 
 
