@@ -134,10 +134,12 @@ class Probe:
             raise ValueError("this Probe has no tokenizer: pass one (Probe(model, tokenizer)) or use Probe.load")
         batch = tokenize(self.tokenizer, list(texts), max_length=max_length)
         if any(batch.truncated):
-            cut = sum(batch.truncated)
+            long = [text for text, cut in zip(batch.texts, batch.truncated, strict=True) if cut]
+            full = [len(ids) for ids in self.tokenizer(long, add_special_tokens=True)["input_ids"]]  # untruncated
+            lost = [length - batch.seq_len for length in full]
             warnings.warn(
-                f"{cut} of {len(batch)} texts were longer than the model's maximum of {batch.seq_len} tokens and were "
-                "truncated at the end (tokens past it are not explained)",
+                f"{len(long)} of {len(batch)} texts were longer than the model's maximum of {batch.seq_len} tokens and "
+                f"were truncated at the end: {sum(lost)} tokens (up to {max(lost)} of one text) are not explained",
                 UserWarning,
                 stacklevel=3,
             )

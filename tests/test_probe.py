@@ -90,7 +90,10 @@ def test_bad_input_is_refused_with_a_message(probe, tokenizer):
 
 
 def test_long_texts_are_truncated_with_a_warning(probe):
-    with pytest.warns(UserWarning, match="1 of 2 texts were longer"):
+    # "word " * 40 is [CLS] + 40 tokens + [SEP] = 42 tokens: 26 past the maximum of 16
+    with pytest.warns(
+        UserWarning, match=r"1 of 2 texts were longer .* 16 tokens .*: 26 tokens \(up to 26 of one text\)"
+    ):
         result = probe.explain(["word " * 40, "short"], methods=METHODS, checks=["agreement"], max_length=16)
     assert result.examples["truncated"].tolist() == [True, False]
     assert result.examples["n_tokens"].tolist()[0] == 16
