@@ -9,7 +9,7 @@ The pipeline, one sub-package a step (see docs/design.md):
     findings/    verdicts on when attention is (and is not) a fair explanation, with evidence; summaries
     probe.py     Probe: the notebook entry point (explain texts, run datasets, plot)
     store/       runs on disk: manifest + Parquet chunks, resumable
-    report/      seaborn figures
+    report/      self-contained HTML + Markdown reports of a run, seaborn figures
     attention/   our own multi-head attention, position variants, hook points, small models
 """
 

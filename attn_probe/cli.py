@@ -4,6 +4,7 @@
                                           held-out Rotten Tomatoes snippets, into runs/demo, headline findings
     attn-probe run --model M --data D --out DIR [--methods ...] [--limit N] [--batch-size B]
     attn-probe summary DIR                the findings of a run, in sentences and as a table
+    attn-probe report DIR [--out OUT] [--format html|md|both]   the analysis report of a run (HTML + Markdown)
     attn-probe models                     the offline models and the architectures attention is captured from
     attn-probe toy                        train a toy encoder whose answer tokens are known, then probe it
 
@@ -42,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from attn_probe.report import write_report
+
     print(f"attn-probe demo: {DEMO_MODEL} on {args.limit} held-out Rotten Tomatoes snippets -> {args.out}")
     run = _probe_dataset(
         DEMO_MODEL, DEMO_DATA, args.out, methods=None, checks=None, limit=args.limit, batch_size=8,
@@ -53,6 +56,18 @@ def _demo(args: argparse.Namespace) -> int:
         f"raters did ({examples['correct'].mean():.0%}). Run directory: {run.path}\n"
     )
     print(_summary_text(run))
+    paths = write_report(run)
+    print(f"\nReport (opens without a network): {paths['html']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from attn_probe.report import write_report
+
+    formats = ("html", "md") if args.format == "both" else (args.format,)
+    paths = write_report(args.run, args.out, formats=formats)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -210,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="the findings of a run directory, in sentences")
     summary.add_argument("run", help="a run directory written by attn-probe run / demo")
     summary.set_defaults(handler=_summary)
+
+    report = commands.add_parser(
+        "report",
+        help="write the analysis report of a run directory: standalone HTML and Markdown with PNG / SVG figures",
+        description="Write the report of a run: what was run, the headline findings, figures, a gallery of the "
+        "examples where attention misleads most and where it is faithful, and caveats with confidence intervals. "
+        "The HTML page is self-contained (figures embedded, no network, no script).",
+    )
+    report.add_argument("run", help="a run directory written by attn-probe run / demo")
+    report.add_argument("--out", help="folder for the report (default RUN/report)")
+    report.add_argument("--format", choices=("html", "md", "both"), default="both", help="what to write (default both)")
+    report.set_defaults(handler=_report)
 
     models = commands.add_parser("models", help="the offline models and the architectures attention is captured from")
     models.set_defaults(handler=_models)
