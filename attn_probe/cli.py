@@ -4,6 +4,8 @@
                                           held-out Rotten Tomatoes snippets, into runs/demo, headline findings
     attn-probe run --model M --data D --out DIR [--methods ...] [--limit N] [--batch-size B]
     attn-probe summary DIR                the findings of a run, in sentences and as a table
+    attn-probe report DIR                 a self-contained HTML report and a Markdown twin of a run
+    attn-probe analysis NAME [--smoke]    one of the studies in analyses/ (run from the repository root)
     attn-probe report DIR [--out OUT] [--format html|md|both]   the analysis report of a run (HTML + Markdown)
     attn-probe models                     the offline models and the architectures attention is captured from
     attn-probe toy                        train a toy encoder whose answer tokens are known, then probe it
@@ -59,6 +61,22 @@ def _demo(args: argparse.Namespace) -> int:
     paths = write_report(run)
     print(f"\nReport (opens without a network): {paths['html']}")
     return 0
+
+
+STUDIES = ("sentiment_minilm", "agreement_smollm2", "position_variants", "flow_layers")
+
+
+def _analysis(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        study = importlib.import_module(f"analyses.{args.name}")
+    except ModuleNotFoundError:
+        raise ValueError(
+            f"the study {args.name!r} was not found: the studies live in analyses/ of the repository, so run "
+            "attn-probe analysis from the repository's root folder"
+        ) from None
+    return int(study.main(args.arguments) or 0)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -221,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of permutations, random orders, samples")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
+
+    analysis = commands.add_parser(
+        "analysis",
+        help="run one of the studies in analyses/ (from the repository root)",
+        description="Run a study of analyses/ end to end and write its report (python -m analyses.NAME does the "
+        "same). Options after the name go to the study: --smoke for a quick check, --out DIR, --limit N, --seed.",
+    )
+    analysis.add_argument("name", choices=STUDIES, help="the study")
+    analysis.add_argument("arguments", nargs=argparse.REMAINDER, help="options of the study (see its --help)")
+    analysis.set_defaults(handler=_analysis)
 
     summary = commands.add_parser("summary", help="the findings of a run directory, in sentences")
     summary.add_argument("run", help="a run directory written by attn-probe run / demo")
