@@ -1,0 +1,1 @@
+"""Tests of the studies in analyses/ (smoke runs and their helpers)."""
