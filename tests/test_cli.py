@@ -117,3 +117,10 @@ def test_demo_runs_the_main_job(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "classified as the human raters did" in out and "What the run found" in out
     assert load_run(tmp_path / "demo").status == "complete"
+
+
+def test_analysis_hands_its_options_to_the_study(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analysis", "flow_layers", "--help"])
+    assert exit_info.value.code == 0
+    assert "--smoke" in capsys.readouterr().out
