@@ -1061,8 +1061,8 @@ def _caveats(settings: Settings) -> list[str]:
         "(50 Gauss-Legendre steps from the [MASK] baseline) is the gradient-side reference.",
         "Raw attention, rollout, flow and ALTI are non-negative; agreement and plausibility compare |score|, erasure "
         "ranks by the signed score (for non-negative scores the two coincide).",
-        "value_zeroing is filed by the library under the perturbation family: it is computed in a second pass and "
-        "is not among the references the library's verdicts use.",
+        "value_zeroing (layers x forward passes per example) is computed in a second pass, outside the run: it is "
+        "not part of the run's verdicts.",
         "Plausibility counts whole words found in VADER's lexicon (7,506 entries, mostly lowercase words); "
         "sentiment carried by phrases, negation or domain words ('tighter', 'flat') is invisible to it, so a "
         "method's lift is a lower bound on how often its top words carry sentiment to a reader.",

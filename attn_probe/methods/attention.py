@@ -243,7 +243,7 @@ def attention_norm(ctx: ExplainContext, *, layer: int = -1) -> Explanation:
 # ----------------------------------------------------------------------------------------------------
 VALUE_ZEROING = MethodInfo(
     id="value_zeroing",
-    family="perturbation",
+    family="attention",  # attention-derived (issue #4 and the paper): it ablates what attention mixes in
     needs_gradients=False,
     cost="per example: layers forward passes of a batch of (n + 1) copies of its n real tokens",
     sign="non-negative share: how much the target row's representations change when a token's values are zeroed",

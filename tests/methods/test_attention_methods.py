@@ -27,7 +27,7 @@ METHODS = {
     "raw_attention": "attention",
     "attention_rollout": "attention",
     "attention_norm": "attention",
-    "value_zeroing": "perturbation",
+    "value_zeroing": "attention",
     "attention_grad_rollout": "hybrid",
     "attention_x_gradient": "hybrid",
 }
