@@ -7,6 +7,7 @@ batches come from a generator seeded from it, so a probe result on a toy model c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -71,8 +72,12 @@ def train(
     lr: float = 3e-3,
     seed: int = 0,
     progress: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TrainingReport:
-    """Train with AdamW and a linear warm-up/decay, then measure held-out accuracy."""
+    """Train with AdamW and a linear warm-up/decay, then measure held-out accuracy.
+
+    ``on_step(step, loss)`` is called after every step (step counts from 1): a progress bar of a GUI, say.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
@@ -87,7 +92,7 @@ def train(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=f"training on {type(task).__name__}", unit="step")
-    for _ in iterator:
+    for step in iterator:
         loss, _, _ = task_loss(model, task.sample(batch_size, generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,6 +100,8 @@ def train(
         optimizer.step()
         schedule.step()
         report.losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, report.losses[-1])
     model.eval()
     report.steps = steps
     report.accuracy, report.evaluated = evaluate(model, task)

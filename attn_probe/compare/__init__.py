@@ -15,7 +15,7 @@ from attn_probe.compare.faithfulness import (
     deletion_insertion,
     faithfulness_report,
 )
-from attn_probe.compare.position import attention_by_distance, position_explained, position_logit_share
+from attn_probe.compare.position import attention_by_distance, logit_parts, position_explained, position_logit_share
 from attn_probe.compare.sanity import find_layers, randomisation_check, randomisation_plan
 from attn_probe.compare.sinks import attention_sinks
 
@@ -31,6 +31,7 @@ __all__ = [
     "faithfulness_report",
     "find_layers",
     "layer_agreement",
+    "logit_parts",
     "position_explained",
     "position_logit_share",
     "randomisation_check",

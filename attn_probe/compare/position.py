@@ -64,6 +64,7 @@ from torch import nn
 
 from attn_probe.attention.hooks import record
 from attn_probe.attention.models import DecoderLM, EncoderClassifier, TransformerStack
+from attn_probe.attention.multi_head import LogitParts
 from attn_probe.capture import AttentionCapture, TokenizedBatch
 from attn_probe.compare.sinks import self_attention_stack
 
@@ -97,26 +98,24 @@ EXPLAINED_COLUMNS = [
 # ----------------------------------------------------------------------------------------------------
 # logits: our own models
 # ----------------------------------------------------------------------------------------------------
-def position_logit_share(model: nn.Module, inputs: TokenizedBatch | Mapping[str, torch.Tensor]) -> pd.DataFrame:
-    """Share of each head's logit variation explained by its position term, per (example, layer, head).
+def logit_parts(
+    model: nn.Module, inputs: TokenizedBatch | Mapping[str, torch.Tensor]
+) -> tuple[list[LogitParts], torch.Tensor]:
+    """Every layer's pre-softmax logits split into content and position parts, and the valid pairs.
 
-    ``model``: an :class:`~attn_probe.attention.EncoderClassifier` or :class:`~attn_probe.attention.DecoderLM`
-    whose position variant acts inside attention (``t5``, ``alibi``, ``shaw``, ``rotary``; ``none`` gives 0).
-    ``inputs``: a :class:`TokenizedBatch` or a mapping with ``input_ids`` ``[batch, n]`` and
-    ``attention_mask`` (1 = real token), plus ``token_type_ids`` / ``positions`` where the model takes them.
-
-    One forward pass records what enters every block (``layers.{i}.hook_resid_pre``); each layer's
-    attention then splits its logits ``[batch, heads, n, n]`` with ``split_logits`` on the same input and
-    positions the forward pass used. Columns: ``example_id, layer, head, variant, exact, n_pairs,
-    total_var, content_var, position_var, position_share`` (definitions in the module docstring).
+    ``model``, ``inputs``: as in :func:`position_logit_share`. One forward pass records what enters every block
+    (``layers.{i}.hook_resid_pre``); each layer's attention then splits its logits with ``split_logits`` on the
+    same input and positions the forward pass used. Returns ``(parts, valid)``: one
+    :class:`~attn_probe.attention.multi_head.LogitParts` per layer (``total``, ``content``, ``position``, each
+    ``[batch, heads, n, n]``, and ``exact``), and ``valid [batch, 1, n, n]`` (True where query and key are both
+    real tokens, and key <= query in a causal model).
     """
     stack, prefix, accepted = _our_stack(model)
-    variant = stack.config.position
     if stack.embed.position is not None:
         raise ValueError(
-            f"this model's positions ({variant!r}) enter at the embeddings: every layer's content already "
-            "carries them, so its logits do not split into content and position. Measure the position bias of "
-            "its weights instead: position_explained(capture(model, inputs)) / attention_by_distance(...)"
+            f"this model's positions ({stack.config.position!r}) enter at the embeddings: every layer's content "
+            "already carries them, so its logits do not split into content and position. Measure the position "
+            "bias of its weights instead: position_explained(capture(model, inputs)) / attention_by_distance(...)"
         )
     model_inputs = _model_inputs(inputs, accepted)
     device = next(model.parameters()).device
@@ -135,21 +134,38 @@ def position_logit_share(model: nn.Module, inputs: TokenizedBatch | Mapping[str,
     valid = real[:, :, None] & real[:, None, :]  # [b, q, k]
     if stack.causal:
         valid = valid & torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    valid = valid[:, None]  # [b, 1, q, k]
-
     names = [f"{prefix}.layers.{index}.hook_resid_pre" for index in range(len(stack.layers))]
     with torch.no_grad():
         with record(model, names) as cache:
             model(**model_inputs)
-        columns: dict[str, list[torch.Tensor]] = {name: [] for name in ("total", "content", "position")}
-        exact = []
-        for index, block in enumerate(stack.layers):
-            parts = block.attention.split_logits(block.attention_input(cache[names[index]]), positions=positions)
-            exact.append(parts.exact)
-            for name in columns:
-                columns[name].append(_within_row_variance(getattr(parts, name).double(), valid))  # [b, H]
+        parts = [
+            block.attention.split_logits(block.attention_input(cache[names[index]]), positions=positions)
+            for index, block in enumerate(stack.layers)
+        ]
+    return parts, valid[:, None]  # valid: [b, 1, q, k]
+
+
+def position_logit_share(model: nn.Module, inputs: TokenizedBatch | Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """Share of each head's logit variation explained by its position term, per (example, layer, head).
+
+    ``model``: an :class:`~attn_probe.attention.EncoderClassifier` or :class:`~attn_probe.attention.DecoderLM`
+    whose position variant acts inside attention (``t5``, ``alibi``, ``shaw``, ``rotary``; ``none`` gives 0).
+    ``inputs``: a :class:`TokenizedBatch` or a mapping with ``input_ids`` ``[batch, n]`` and
+    ``attention_mask`` (1 = real token), plus ``token_type_ids`` / ``positions`` where the model takes them.
+
+    The logits ``[batch, heads, n, n]`` of every layer are split by :func:`logit_parts`. Columns:
+    ``example_id, layer, head, variant, exact, n_pairs, total_var, content_var, position_var, position_share``
+    (definitions in the module docstring).
+    """
+    variant = _our_stack(model)[0].config.position
+    parts, valid = logit_parts(model, inputs)
+    columns = {
+        name: [_within_row_variance(getattr(part, name).double(), valid) for part in parts]  # each [b, H]
+        for name in ("total", "content", "position")
+    }
     total, content, position = (torch.stack(columns[name], dim=1).cpu() for name in ("total", "content", "position"))
-    num_layers, num_heads = total.shape[1], total.shape[2]
+    batch, num_layers, num_heads = total.shape
+    exact = [part.exact for part in parts]
     share = torch.where(total > 0, 1 - content / total.where(total > 0, 1.0), torch.nan)  # [b, L, H]
     pairs = valid.sum(dim=(-1, -2)).cpu()  # [b, 1]
     example_id, layer, head = _grid(batch, num_layers, num_heads)

@@ -346,6 +346,18 @@ def _figures(data: _RunData) -> Section:
             "one is also saved as PNG and SVG beside the report."
         )
     )
+    section.blocks += _figure_blocks(data)
+    return section
+
+
+def figure_blocks(run: Any, *, svg: bool = False) -> list[Block]:
+    """The report's figures of ``run``: for each topic a :class:`Heading`, then its :class:`Plot` blocks (PNG,
+    and SVG with ``svg``) or a one-line note saying why it is skipped. The dashboard shows these too."""
+    return _figure_blocks(_RunData(run, svg=svg))
+
+
+def _figure_blocks(data: _RunData) -> list[Block]:
+    blocks: list[Block] = []
     for title, make in (
         ("Each head's agreement with the reference attributions", _head_agreement_plots),
         ("Agreement between all methods", _method_agreement_plots),
@@ -355,12 +367,12 @@ def _figures(data: _RunData) -> Section:
         ("Counterfactual attention", _counterfactual_plots),
         ("How often each finding holds", _findings_plots),
     ):
-        section.blocks.append(Heading(title))
+        blocks.append(Heading(title))
         try:
-            section.blocks += make(data)
+            blocks += make(data)
         except (ValueError, KeyError) as error:  # a table that cannot be drawn: say so, keep the report
-            section.blocks.append(_note(f"Skipped: {' '.join(str(error).split())}"))
-    return section
+            blocks.append(_note(f"Skipped: {' '.join(str(error).split())}"))
+    return blocks
 
 
 def _plot(data: _RunData, name: str, figure: Any, title: str, caption: str) -> Plot:
@@ -611,7 +623,7 @@ def _gallery(data: _RunData, *, misleading: int = 3, faithful: int = 2) -> Secti
     if "scores" not in data.names:
         section.blocks.append(_skipped("scores"))
         return section
-    ranking = _misleading_ranking(findings) if findings is not None else pd.DataFrame()
+    ranking = misleading_ranking(findings) if findings is not None else pd.DataFrame()
     if ranking.empty:
         section.blocks.append(_note("No finding could be judged per example: the gallery shows the first examples."))
         chosen = [(example_id, "example") for example_id in sorted(data.run.done())[: misleading + faithful]]
@@ -641,11 +653,21 @@ def _gallery(data: _RunData, *, misleading: int = 3, faithful: int = 2) -> Secti
         if not (scores["example_id"] == example_id).any():
             section.blocks.append(_note(f"Example {example_id} ({kind}) has no scores."))
             continue
-        section.blocks.append(_token_view(data, int(example_id), kind, scores, findings, examples, ranking))
+        section.blocks.append(
+            token_view(
+                int(example_id),
+                scores,
+                title=f"Example {example_id}: {kind}",
+                methods=data.methods,
+                findings=findings,
+                examples=examples,
+                ranking=ranking,
+            )
+        )
     return section
 
 
-def _misleading_ranking(findings: pd.DataFrame) -> pd.DataFrame:
+def misleading_ranking(findings: pd.DataFrame) -> pd.DataFrame:
     """Per example: ``score`` (mean over finding kinds of the share of judged rows that hold), ``kinds``,
     ``kinds_holding``; sorted most misleading first (ties: more kinds judged first, then example id)."""
     subject = findings["subject"] if "subject" in findings else pd.Series(pd.NA, index=findings.index)
@@ -662,17 +684,26 @@ def _misleading_ranking(findings: pd.DataFrame) -> pd.DataFrame:
     return ranking.sort_values(["score", "kinds", "example"], ascending=[False, False, True])
 
 
-def _token_view(
-    data: _RunData,
+def token_view(
     example_id: int,
-    kind: str,
     scores: pd.DataFrame,
-    findings: pd.DataFrame | None,
-    examples: pd.DataFrame | None,
-    ranking: pd.DataFrame,
+    *,
+    title: str | None = None,
+    methods: Sequence[str] = (),
+    findings: pd.DataFrame | None = None,
+    examples: pd.DataFrame | None = None,
+    ranking: pd.DataFrame | None = None,
+    max_tokens: int = GALLERY_TOKENS,
 ) -> TokenView:
+    """One example's tokens coloured by every method (a :class:`TokenView`), from the tidy tables of a run or a
+    :class:`~attn_probe.ProbeResult`: ``scores`` (required), ``findings`` (its statements), ``examples`` (text,
+    target, prediction, label) and ``ranking`` (:func:`misleading_ranking`), each optional. ``methods`` orders
+    the rows (the scores' own order otherwise)."""
+    ranking = ranking if ranking is not None else pd.DataFrame()
     rows = scores[scores["example_id"] == example_id]
-    order = [m for m in data.methods if m in set(rows["method"].astype(str))] or list(
+    if rows.empty:
+        raise ValueError(f"no scores for example {example_id}: is it one of this run's / result's examples?")
+    order = [m for m in methods if m in set(rows["method"].astype(str))] or list(
         dict.fromkeys(rows["method"].astype(str))
     )
     table = rows.pivot_table(index="method", columns="token_index", values="score", aggfunc="first")
@@ -684,7 +715,7 @@ def _token_view(
     special = special or [False] * len(tokens)
     scale = table.abs().max(axis=1).replace(0, 1.0)
     normalised = table.div(scale, axis=0)
-    shown = min(len(tokens), GALLERY_TOKENS)
+    shown = min(len(tokens), max_tokens)
     facts: list[tuple[str, str]] = []
     if not ranking.empty and example_id in ranking.index:
         row = ranking.loc[example_id]
@@ -704,9 +735,9 @@ def _token_view(
             if "correct" in match and pd.notna(example["correct"]):
                 facts.append(("Correct", "yes" if bool(example["correct"]) else "no"))
     return TokenView(
-        title=f"Example {example_id}: {kind}",
+        title=title or f"Example {example_id}",
         facts=facts,
-        statements=_statements(findings, example_id) if findings is not None else [],
+        statements=example_statements(findings, example_id) if findings is not None else [],
         tokens=tokens[:shown],
         special=special[:shown],
         scores={m: [float(v) for v in normalised.loc[m].to_numpy()[:shown]] for m in order},
@@ -715,7 +746,7 @@ def _token_view(
     )
 
 
-def _statements(findings: pd.DataFrame, example_id: int) -> list[tuple[bool | None, str]]:
+def example_statements(findings: pd.DataFrame, example_id: int) -> list[tuple[bool | None, str]]:
     """The example's per-example findings as written, and its layer / head findings counted per kind."""
     rows = findings[findings["example_id"] == example_id]
     level = finding_level(rows)

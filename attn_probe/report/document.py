@@ -103,7 +103,25 @@ class Document:
 # HTML
 # ----------------------------------------------------------------------------------------------------
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-_CSS = """
+# what a token view needs (the report page and the dashboard both use it)
+TOKEN_VIEW_CSS = """
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 0.15em 1em; }
+dl.facts dt { font-weight: 600; }
+dl.facts dd { margin: 0; }
+.tokens { overflow-x: auto; }
+.tokens table { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.85em; }
+.tokens td { white-space: pre; border-color: #eee; }
+.tokens th.method { white-space: nowrap; }
+.tokens .special { color: #888; }
+.holds { color: #b00020; } .fair { color: #1b7a1b; } .na { color: #777; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.2em 1em 0.8em; margin: 1.2em 0; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f6; }
+"""
+_CSS = (
+    TOKEN_VIEW_CSS
+    + """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f; margin: 0 auto;
        max-width: 1100px; padding: 1.5em 2em 4em; }
 h1 { font-size: 1.7em; margin-bottom: 0.1em; }
@@ -116,20 +134,11 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f6; }
 caption { caption-side: bottom; color: #666; font-size: 0.85em; text-align: left; padding-top: 0.3em; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 0.15em 1em; }
-dl.facts dt { font-weight: 600; }
-dl.facts dd { margin: 0; }
 figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
-.tokens { overflow-x: auto; }
-.tokens table { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.85em; }
-.tokens td { white-space: pre; border-color: #eee; }
-.tokens th.method { white-space: nowrap; }
-.tokens .special { color: #888; }
-.holds { color: #b00020; } .fair { color: #1b7a1b; } .na { color: #777; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.2em 1em 0.8em; margin: 1.2em 0; }
 """
+)
 
 
 def _h(value: object) -> str:
@@ -188,11 +197,13 @@ def _html_block(block: Block) -> str:
             f"<figcaption>{_h(block.caption)}</figcaption></figure>"
         )
     if isinstance(block, TokenView):
-        return _html_tokens(block)
+        return token_view_html(block)
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
-def _html_tokens(view: TokenView) -> str:
+def token_view_html(view: TokenView) -> str:
+    """One token view as an HTML fragment (a ``div.card``; style it with :data:`TOKEN_VIEW_CSS`): every string
+    escaped, colours computed from the scores only."""
     facts = "".join(f"<dt>{_h(label)}</dt><dd>{_h(value)}</dd>" for label, value in view.facts)
     marks = {True: ("holds", "holds"), False: ("fair", "does not hold"), None: ("na", "not assessable")}
     statements = "".join(
