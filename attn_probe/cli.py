@@ -8,6 +8,7 @@
     attn-probe analysis NAME [--smoke]    one of the studies in analyses/ (run from the repository root)
     attn-probe report DIR [--out OUT] [--format html|md|both]   the analysis report of a run (HTML + Markdown)
     attn-probe models                     the offline models and the architectures attention is captured from
+    attn-probe dashboard [DIR] [--host H] [--port P]   the interactive dashboard (Streamlit), on localhost by default
     attn-probe toy                        train a toy encoder whose answer tokens are known, then probe it
 
 Exit codes: 0 done; 2 bad input (one line on stderr says what and what to do, never a traceback);
@@ -17,6 +18,9 @@ Exit codes: 0 done; 2 bad input (one line on stderr says what and what to do, ne
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import ipaddress
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +32,9 @@ DEMO_MODEL = "minilm-sentiment"
 DEMO_DATA = "rotten_tomatoes:test"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+DASHBOARD_PACKAGE = "dashboards"
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8501
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -123,6 +130,88 @@ def _models(args: argparse.Namespace) -> int:
         "eager attention, and\nfrom attn_probe's own models."
     )
     return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from attn_probe.store import load_run
+
+    run_dir = None
+    if args.run is not None:
+        # Checked here, not in the app: a typo gets a one-line error instead of a page that fails to load.
+        # verify=False: sizes only, so a large run is not hashed before the dashboard even starts.
+        run_dir = load_run(args.run, verify=False).path.resolve()
+    argv = streamlit_argv(dashboard_app(), host=args.host, port=args.port, run_dir=run_dir)
+    if not _is_loopback(args.host):
+        print(
+            f"attn-probe dashboard: warning: --host {args.host} makes the dashboard reachable from other machines "
+            f"(it has no login); the default {DASHBOARD_HOST} keeps it on this one",
+            file=sys.stderr,
+        )
+    print(f"attn-probe dashboard: {dashboard_url(args.host, args.port)} (Ctrl-C stops it)", flush=True)
+    return _serve(argv)
+
+
+def dashboard_app(package: str = DASHBOARD_PACKAGE) -> Path:
+    """The Streamlit script of the dashboard: ``app.py`` of the importable ``dashboards`` package."""
+    spec = importlib.util.find_spec(package)
+    # submodule_search_locations: the package folder, for a regular package and a namespace one alike
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders:
+        raise ValueError(
+            f"the dashboard is not installed: no importable package {package!r}; reinstall attn_probe from the "
+            "repository (make install)"
+        )
+    app = Path(folders[0]) / "app.py"
+    if not app.is_file():
+        raise ValueError(f"the dashboard app {app} is missing: reinstall attn_probe from the repository")
+    return app
+
+
+def streamlit_argv(app: Path, *, host: str, port: int, run_dir: Path | None) -> list[str]:
+    """The command line that serves ``app`` with this interpreter's Streamlit (the one attn_probe runs in)."""
+    argv = [
+        sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    if run_dir is not None:
+        argv += ["--", "--run-dir", str(run_dir)]  # after "--": the app's own arguments, not Streamlit's
+    return argv
+
+
+def dashboard_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def _serve(argv: list[str]) -> int:
+    """Run the server in the foreground until it exits (its exit code) or Ctrl-C (it is stopped; 130)."""
+    server = subprocess.Popen(argv)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        _stop(server)
+        print("attn-probe dashboard: stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    # A server killed by a signal reports -N; a shell reports 128 + N, which is what sys.exit can pass on.
+    return 128 + -code if code < 0 else code
+
+
+def _stop(server: subprocess.Popen, grace: float = 10.0) -> None:
+    # Ctrl-C in a terminal reached the server too (same process group): usually it is already on its way out.
+    server.terminate()
+    try:
+        server.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -277,6 +366,24 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--position", choices=POSITION_VARIANTS, default="t5", help="position variant (default t5)")
     toy.add_argument("--examples", type=_positive_int, default=512, help="held-out examples probed (default 512)")
     toy.set_defaults(handler=_toy)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="the interactive dashboard of a run directory, in the browser (Streamlit)",
+        description="Serve the dashboard (Streamlit) and print its address: open it in a browser. Given a run "
+        "directory, it opens on that run. It listens on this machine only (127.0.0.1) unless --host says "
+        "otherwise; it has no login. Ctrl-C stops it.",
+    )
+    dashboard.add_argument(
+        "run", nargs="?", metavar="RUN_DIR", help="a run directory written by attn-probe run / demo (optional)"
+    )
+    dashboard.add_argument(
+        "--host",
+        default=DASHBOARD_HOST,
+        help=f"address to listen on (default {DASHBOARD_HOST}: this machine only; 0.0.0.0 exposes it to the network)",
+    )
+    dashboard.add_argument("--port", type=_port, default=DASHBOARD_PORT, help=f"port (default {DASHBOARD_PORT})")
+    dashboard.set_defaults(handler=_dashboard)
     return parser
 
 
@@ -287,6 +394,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {value}")
     return value
 
 

@@ -8,7 +8,12 @@ randomised?). Every function returns a tidy pandas DataFrame, one row per exampl
 """
 
 from attn_probe.compare.agreement import agreement_table, layer_agreement, rank_agreement
-from attn_probe.compare.counterfactual import adversarial_attention, attention_counterfactuals
+from attn_probe.compare.counterfactual import (
+    CounterfactualOutputs,
+    adversarial_attention,
+    attention_counterfactuals,
+    counterfactual_outputs,
+)
 from attn_probe.compare.faithfulness import (
     comprehensiveness_sufficiency,
     decision_flips,
@@ -20,12 +25,14 @@ from attn_probe.compare.sanity import find_layers, randomisation_check, randomis
 from attn_probe.compare.sinks import attention_sinks
 
 __all__ = [
+    "CounterfactualOutputs",
     "adversarial_attention",
     "agreement_table",
     "attention_by_distance",
     "attention_counterfactuals",
     "attention_sinks",
     "comprehensiveness_sufficiency",
+    "counterfactual_outputs",
     "decision_flips",
     "deletion_insertion",
     "faithfulness_report",

@@ -163,12 +163,7 @@ def attention_counterfactuals(
         for layer in layer_list:
             for head_label, head_index in selections:
                 for name, seed in plan:
-                    if name == "permute":
-                        edit = permute_weights(int(seed), head=head_index)
-                    elif name == "uniform":
-                        edit = uniform_weights(head=head_index)
-                    else:
-                        edit = set_weights(frozen[:, layer], head=head_index)  # type: ignore[index]
+                    edit = _edit_for(name, seed, head_index, None if frozen is None else frozen[:, layer])
                     seen: dict[str, torch.Tensor] = {}
                     with torch.no_grad(), intervene(model, {layer: _watched(edit, seen)}):
                         after = _output_of(context, context.logits())
@@ -186,6 +181,85 @@ def attention_counterfactuals(
                         attention_jsd_target_row=_at_rows(row_jsd, target_rows),
                     )
     return _frame(columns, COUNTERFACTUAL_COLUMNS)
+
+
+@dataclass
+class CounterfactualOutputs:
+    """One intervention's effect in full (:func:`counterfactual_outputs`)."""
+
+    table: pd.DataFrame  # example_id, output, rank, prob_before, prob_after, logit_before, logit_after
+    old: torch.Tensor  # [batch, heads edited, q, k] the layer's original weights of the edited heads
+    new: torch.Tensor  # [batch, heads edited, q, k] what replaced them
+
+
+def counterfactual_outputs(
+    model: nn.Module,
+    inputs: TokenizedBatch | Mapping[str, torch.Tensor],
+    *,
+    layer: int,
+    intervention: str,
+    head: int | None = None,
+    seed: int = 0,
+    top: int = 5,
+    target: Target | ResolvedTarget | None = None,
+    tokenizer: Any = None,
+) -> CounterfactualOutputs:
+    """The output distribution before and after one edit of :func:`attention_counterfactuals`, and the weights.
+
+    Same edit, same protocol (one ``intervention`` of ``permute / uniform / frozen`` on ``layer``, one ``head``
+    or all heads when None, permutation ``seed``), but instead of distances it returns, per example, the
+    ``top`` outputs by original probability plus the new prediction when it is not among them (``output``:
+    class index, or next-token id for a language model, at the predicting position), each with its
+    probability and logit before and after, and the edited heads' weights before and after (what a viewer
+    draws side by side). Summing ``|prob_after - prob_before|`` over *all* outputs gives twice the
+    ``output_tvd`` of :func:`attention_counterfactuals`.
+    """
+    (name,) = _check_interventions([intervention])
+    if name == "permute":
+        _check_seeds([seed])
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    with _evaluation(model):
+        context = ExplainContext(model, inputs, target=target, tokenizer=tokenizer)
+        original = context.capture()
+        stack = original.stacks[original.main_stack]
+        (layer,) = _check_layers([layer], stack.num_layers)
+        _, head_index = _single_selection(head, stack.num_heads)
+        before = _output_of(context, original.logits)
+        frozen = _frozen_weights(model, context)[:, layer] if name == "frozen" else None
+        seen: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), intervene(model, {layer: _watched(_edit_for(name, seed, head_index, frozen), seen)}):
+            after = _output_of(context, context.logits())
+    rows = []
+    count = min(top, before.probs.shape[-1])
+    for example in range(before.probs.shape[0]):
+        ranked = before.probs[example].argsort(descending=True)[:count].tolist()
+        new_prediction = int(after.prediction[example])
+        chosen = ranked + ([new_prediction] if new_prediction not in ranked else [])
+        for rank, output in enumerate(chosen):
+            rows.append(
+                {
+                    "example_id": example,
+                    "output": int(output),
+                    "rank": rank,
+                    "prob_before": float(before.probs[example, output]),
+                    "prob_after": float(after.probs[example, output]),
+                    "logit_before": float(before.logits[example, output]),
+                    "logit_after": float(after.logits[example, output]),
+                }
+            )
+    return CounterfactualOutputs(pd.DataFrame(rows), seen["old"][:, head_index].cpu(), seen["new"][:, head_index].cpu())
+
+
+def _edit_for(name: str, seed: int | None, heads: list[int], frozen: torch.Tensor | None) -> WeightsEdit:
+    """The weights edit of one intervention (``frozen``: the layer's content-free weights ``[batch, H, q, k]``)."""
+    if name == "permute":
+        return permute_weights(int(seed if seed is not None else 0), head=heads)
+    if name == "uniform":
+        return uniform_weights(head=heads)
+    if frozen is None:
+        raise ValueError("the frozen intervention needs the layer's content-free weights")
+    return set_weights(frozen, head=heads)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from attn_probe.compare.counterfactual import (
     MAX_JSD,
     adversarial_attention,
     attention_counterfactuals,
+    counterfactual_outputs,
 )
 from tests.capture.families import batch, build
 from tests.methods.models import single
@@ -146,6 +147,26 @@ def test_language_model_outputs_are_read_at_the_predicting_position():
     logits = model(**inputs).logits
     last = inputs["attention_mask"].sum(1) - 1
     assert table["prediction"].tolist() == logits[torch.arange(2), last].argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("intervention", ["permute", "uniform", "frozen"])
+def test_counterfactual_outputs_are_the_distributions_behind_the_distances(intervention):
+    model, inputs = build("bert"), batch("bert")
+    distances = attention_counterfactuals(
+        model, inputs, interventions=[intervention], layers=[1], heads=[2], seeds=(3,)
+    )
+    classes = model.config.num_labels
+    full = counterfactual_outputs(model, inputs, layer=1, head=2, intervention=intervention, seed=3, top=classes)
+    assert len(full.table) == 2 * classes  # every class of both examples
+    moved = full.table.assign(change=(full.table["prob_after"] - full.table["prob_before"]).abs())
+    tvd = moved.groupby("example_id")["change"].sum() / 2
+    assert tvd.to_numpy() == pytest.approx(distances["output_tvd"].to_numpy(), abs=1e-6)
+    assert full.table.groupby("example_id")["prob_before"].sum().to_numpy() == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert full.old.shape == full.new.shape and full.old.shape[:2] == (2, 1)  # [batch, one head, q, k]
+    assert full.new[:, 0].sum(-1)[inputs["attention_mask"].bool()].allclose(torch.ones(1), atol=1e-5)
+    top = counterfactual_outputs(model, inputs, layer=1, head=2, intervention=intervention, seed=3, top=1)
+    flipped = distances["prediction_flips"].to_numpy()
+    assert top.table.groupby("example_id").size().tolist() == [1 + int(f) for f in flipped]  # + the new prediction
 
 
 def test_frozen_is_the_pattern_of_the_content_free_input():
