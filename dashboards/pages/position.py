@@ -40,10 +40,22 @@ def load_study(folder: str) -> dict:
     return study_tables(folder)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def trained(variant: str, task: str, steps: int, seed: int, _on_step: Any = None) -> tuple[Any, Any]:
-    """A small encoder trained once per (variant, task, steps, seed) and kept for every session."""
-    return train_variant(variant, task, steps=steps, seed=seed, on_step=_on_step)
+@st.cache_resource(show_spinner=False)
+def trained_models() -> dict[tuple, tuple[Any, Any]]:
+    """Models trained here, by (variant, task, steps, seed), shared by every session. A plain dict rather than a
+    cached training function: training draws a progress bar, which a cached function may not do."""
+    return {}
+
+
+def trained(variant: str, task: str, steps: int, seed: int, on_step: Any) -> tuple[Any, Any]:
+    """``(model, training report)``, trained on first use (the oldest of more than 8 is dropped)."""
+    shelf = trained_models()
+    key = (variant, task, steps, seed)
+    if key not in shelf:
+        shelf[key] = train_variant(variant, task, steps=steps, seed=seed, on_step=on_step)
+        while len(shelf) > 8:
+            shelf.pop(next(iter(shelf)))
+    return shelf[key]
 
 
 st.title("Position variants")
@@ -119,7 +131,7 @@ if st.toggle("Train (or reuse) this model", key="pos-train"):
         bar.progress(step / steps, text=f"Training: step {step} of {steps}, loss {loss:.3f}")
 
     with shown_errors("Could not train the model"):
-        model, report = trained(variant, train_task, steps, seed, _on_step=on_step)
+        model, report = trained(variant, train_task, steps, seed, on_step)
     bar.progress(1.0, text=f"Trained: held-out accuracy {report.accuracy:.3f} on {report.evaluated} examples")
     example = synthetic_example(train_task, seed)
     task_object = synthetic_task(train_task)

@@ -1,0 +1,59 @@
+"""What the dashboard tests share: a tiny classifier saved as a model directory (what a user types into the
+model box), a run of it (what the run page opens), and AppTest started on a page of the app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from attn_probe import Probe
+
+APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
+TEXTS = ["a gorgeous, witty movie", "dull and slow, a lifeless film", "superb acting", "it is what it is"]
+METHODS = ["raw_attention", "attention_rollout", "leave_one_out", "saliency"]
+CHECKS = ["agreement", "erasure", "sinks", "counterfactuals"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer, tiny_bert) -> Path:
+    """The tiny BERT classifier and its tokenizer saved where ``Probe.load(path)`` reads them."""
+    folder = tmp_path_factory.mktemp("model")
+    tiny_bert.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, model_dir) -> Path:
+    """A complete run of the saved model on four texts, with every example's attention kept (sample=4)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    probe = Probe.load(str(model_dir))
+    probe.run(TEXTS, out, methods=METHODS, checks=CHECKS, sample=len(TEXTS), batch_size=2, progress=False)
+    return out
+
+
+@pytest.fixture
+def app(monkeypatch) -> Iterator[AppTest]:
+    """The dashboard as AppTest sees it, started without a run directory (the Explore page opens)."""
+    monkeypatch.delenv("ATTN_PROBE_RUN_DIR", raising=False)
+    monkeypatch.setattr("sys.argv", ["app.py"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # AppTest runs the pages in this process: tiny models, steady on a shared machine
+    yield AppTest.from_file(str(APP), default_timeout=180)
+    torch.set_num_threads(threads)
+
+
+def page(app: AppTest, name: str) -> AppTest:
+    """``app`` switched to ``dashboards/pages/{name}.py`` and run."""
+    app.run()
+    return app.switch_page(f"pages/{name}.py").run()
+
+
+def no_problems(app: AppTest) -> None:
+    """The page ran without an exception and shows no error message."""
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
