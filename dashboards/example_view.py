@@ -11,12 +11,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from attn_probe.report import TOKEN_VIEW_CSS, example_statements, misleading_ranking, token_view, token_view_html
+from attn_probe.report import TOKEN_VIEW_CSS, misleading_ranking, token_view, token_view_html
 from dashboards import charts
 from dashboards.common import safe
 from dashboards.data import ExampleData, attention_frame, head_grid
 
-MARKS = {True: "🔴 holds", False: "🟢 does not hold", None: "⚪ not assessable"}
 EVIDENCE_COLUMNS = ["finding", "subject", "layer", "head", "holds", "value", "threshold", "baseline", "evidence"]
 
 
@@ -41,7 +40,7 @@ def show_example(data: ExampleData, *, key: str) -> None:
         "(or ranks high), blue pushes it down; hover a token for its score. Grey headers are special tokens."
     )
     findings_tab, heads_tab, agreement_tab, scores_tab = st.tabs(
-        ["Findings", "Attention heads", "Agreement between methods", "Scores"]
+        ["Evidence of the findings", "Attention heads", "Agreement between methods", "Scores"]
     )
     with findings_tab:
         _findings(data)
@@ -54,13 +53,14 @@ def show_example(data: ExampleData, *, key: str) -> None:
 
 
 def _findings(data: ExampleData) -> None:
+    """The evidence behind the statements of the card above: one row per judged case."""
     if data.findings.empty:
         st.info("No findings for this example (it was explained without checks).")
         return
-    st.markdown("**What the tests say about attention on this example** (one line per kind of finding):")
-    lines = [f"- {MARKS[holds]}: {safe(text)}" for holds, text in example_statements(data.findings, data.example_id)]
-    st.markdown("\n".join(lines))
-    st.markdown("**Evidence** (the measured value, the line it is judged against, and the baseline):")
+    st.markdown(
+        "Each finding of the card above, case by case: the measured **value**, the **threshold** it is judged "
+        "against, and the **baseline** that would explain it away (random order, uniform attention, ...)."
+    )
     columns = [c for c in EVIDENCE_COLUMNS if c in data.findings]
     st.dataframe(data.findings[columns], hide_index=True)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import pytest
 
 from attn_probe import Probe
 from attn_probe.report import example_statements
-from dashboards.common import safe
-from dashboards.example_view import MARKS
 from tests.dashboards.conftest import CHECKS, METHODS, no_problems
 
 TEXT = "a gorgeous, witty movie"
@@ -48,9 +48,10 @@ def test_a_typed_text_shows_the_librarys_scores_findings_and_agreement(app, mode
     assert list(scores.index) == METHODS
     assert scores.to_numpy() == pytest.approx(want.to_numpy(), abs=1e-6)
 
-    text = "\n".join(block.value for block in app.markdown)
+    card = "".join(element.value for element in app.get("html"))  # the token view, with the findings in words
+    marks = {True: "[holds]", False: "[does not hold]", None: "[not assessable]"}
     for holds, statement in example_statements(expected.findings, 0):
-        assert f"{MARKS[holds]}: {safe(statement)}" in text  # every finding, in words, marked as judged
+        assert f"{marks[holds]}</span> {html.escape(statement)}</li>" in card
 
     agreement = next(frame.value for frame in app.dataframe if "kendall_tau" in frame.value.columns)
     pairs = expected.agreement.set_index(["method_a", "method_b"])["kendall_tau"]
