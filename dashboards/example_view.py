@@ -13,7 +13,6 @@ import streamlit as st
 
 from attn_probe.report import TOKEN_VIEW_CSS, misleading_ranking, token_view, token_view_html
 from dashboards import charts
-from dashboards.common import safe
 from dashboards.data import ExampleData, attention_frame, head_grid
 
 EVIDENCE_COLUMNS = ["finding", "subject", "layer", "head", "holds", "value", "threshold", "baseline", "evidence"]
