@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import ipaddress
+import signal
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -171,7 +173,7 @@ def streamlit_argv(app: Path, *, host: str, port: int, run_dir: Path | None) -> 
     """The command line that serves ``app`` with this interpreter's Streamlit (the one attn_probe runs in)."""
     argv = [
         sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
     ]  # fmt: skip
     if run_dir is not None:
         argv += ["--", "--run-dir", str(run_dir)]  # after "--": the app's own arguments, not Streamlit's
@@ -191,15 +193,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _Terminated(Exception):
+    """SIGTERM reached the command (``kill PID``): stop the server as for Ctrl-C, so no server keeps the port."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
 def _serve(argv: list[str]) -> int:
-    """Run the server in the foreground until it exits (its exit code) or Ctrl-C (it is stopped; 130)."""
+    """Run the server in the foreground until it exits (its exit code), Ctrl-C (it is stopped; 130) or SIGTERM
+    (it is stopped; 143)."""
     server = subprocess.Popen(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live only there
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         code = server.wait()
     except KeyboardInterrupt:
         _stop(server)
         print("attn-probe dashboard: stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        _stop(server)
+        print("attn-probe dashboard: terminated, server stopped", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     # A server killed by a signal reports -N; a shell reports 128 + N, which is what sys.exit can pass on.
     return 128 + -code if code < 0 else code
 

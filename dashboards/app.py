@@ -21,7 +21,8 @@ from dashboards.common import init_state, startup_run_dir  # noqa: E402
 
 st.set_page_config(page_title="attn_probe", page_icon="🔎", layout="wide")
 init_state()
-_PAGES = Path(__file__).resolve().parent / "pages"
+# views/, not pages/: a pages/ folder beside app.py would also be served page by page, without app.py
+_PAGES = Path(__file__).resolve().parent / "views"
 _STARTED_WITH_RUN = bool(startup_run_dir())  # then the run page is the one that opens
 pages = [
     st.Page(

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from attn_probe.cli import EXIT_BAD_INPUT, main
-from attn_probe.store import load_run
+from attn_probe import cli
+from attn_probe.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
+from attn_probe.store import Run, load_run
 
 FAST = ["--methods", "raw_attention", "attention_rollout", "saliency", "leave_one_out", "--checks", "agreement",
         "erasure", "sinks", "--quiet"]  # fmt: skip
@@ -124,3 +131,132 @@ def test_analysis_hands_its_options_to_the_study(capsys):
         main(["analysis", "flow_layers", "--help"])
     assert exit_info.value.code == 0
     assert "--smoke" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------------
+# attn-probe dashboard: everything up to starting Streamlit (tests/dashboards/test_browser.py serves it for real)
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_run(tmp_path):
+    """A run directory with a manifest and no chunks: all the dashboard command checks before starting."""
+    path = tmp_path / "run"
+    Run.open(path, identity={"model": "tiny"}).close()
+    return path
+
+
+class FakeStreamlit:
+    """Stands in for ``subprocess.Popen`` of the Streamlit server: records each command line; the server's ``wait``
+    returns ``code``, or with ``code`` None raises KeyboardInterrupt (Ctrl-C) until it is terminated."""
+
+    def __init__(self) -> None:
+        self.started: list[list[str]] = []
+        self.code: int | None = 0
+        self.terminated = False
+
+    def __call__(self, argv: list[str]) -> FakeStreamlit:
+        self.started.append(argv)
+        return self
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.code is None and not self.terminated:
+            raise KeyboardInterrupt
+        return -15 if self.code is None else self.code
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+@pytest.fixture
+def streamlit(monkeypatch, tmp_path) -> FakeStreamlit:
+    """The dashboard command with a stand-in app file and a :class:`FakeStreamlit` in place of the server."""
+    app = tmp_path / "app.py"
+    app.write_text("")
+    monkeypatch.setattr(cli, "dashboard_app", lambda: app)
+    fake = FakeStreamlit()
+    monkeypatch.setattr(cli.subprocess, "Popen", fake)
+    return fake
+
+
+def test_streamlit_argv_serves_the_app_on_the_address_with_the_run():
+    app, run = Path("/x/dashboards/app.py"), Path("/runs/demo")
+    argv = cli.streamlit_argv(app, host="127.0.0.1", port=8600, run_dir=run)
+    assert argv == [
+        sys.executable, "-m", "streamlit", "run", "/x/dashboards/app.py", "--server.address", "127.0.0.1",
+        "--server.port", "8600", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal", "--", "--run-dir", "/runs/demo",
+    ]  # fmt: skip
+    exposed = cli.streamlit_argv(app, host="0.0.0.0", port=8501, run_dir=None)
+    assert exposed == [*argv[:6], "0.0.0.0", argv[7], "8501", *argv[9:15]]  # no "--": Streamlit gets no app arguments
+
+
+@pytest.mark.parametrize(("name", "message"), [("missing", "does not exist"), ("empty", "not an attn_probe run")])
+def test_dashboard_of_a_directory_that_is_not_a_run(tmp_path, capsys, streamlit, name, message):
+    (tmp_path / "empty").mkdir()
+    assert main(["dashboard", str(tmp_path / name)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("attn-probe dashboard: error:")
+    assert str(tmp_path / name) in err and message in err
+    assert streamlit.started == []
+
+
+def test_dashboard_without_its_app_says_so(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ValueError, match="no importable package 'no_such_dashboards'"):
+        cli.dashboard_app("no_such_dashboards")
+    (tmp_path / "bare_dashboards").mkdir()
+    (tmp_path / "bare_dashboards" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"bare_dashboards/app\.py is missing"):
+        cli.dashboard_app("bare_dashboards")
+    monkeypatch.setattr(cli, "dashboard_app", functools.partial(cli.dashboard_app, "bare_dashboards"))
+    assert main(["dashboard"]) == EXIT_BAD_INPUT
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("attn-probe dashboard: error: the dashboard app") and "app.py is missing" in error
+
+
+def test_dashboard_starts_streamlit_on_the_run_and_forwards_its_exit_code(small_run, capsys, streamlit):
+    assert main(["dashboard", str(small_run), "--port", "8600"]) == 0
+    (argv,) = streamlit.started
+    assert argv[-3:] == ["--", "--run-dir", str(small_run.resolve())] and "8600" in argv
+    captured = capsys.readouterr()
+    assert "http://127.0.0.1:8600" in captured.out and "warning" not in captured.err
+    streamlit.code = 3
+    assert main(["dashboard"]) == 3
+    assert "--run-dir" not in streamlit.started[-1]
+    streamlit.code = -9  # killed by SIGKILL: exits as a shell reports it
+    assert main(["dashboard"]) == 128 + 9
+
+
+def test_dashboard_on_another_host_warns_that_it_is_reachable(capsys, streamlit):
+    assert main(["dashboard", "--host", "0.0.0.0"]) == 0
+    captured = capsys.readouterr()
+    assert "http://0.0.0.0:8501" in captured.out
+    (warning,) = captured.err.strip().splitlines()
+    assert "reachable from other machines" in warning
+
+
+def test_dashboard_interrupted_stops_the_server_and_exits_130(capsys, streamlit):
+    streamlit.code = None
+    assert main(["dashboard"]) == EXIT_INTERRUPTED and streamlit.terminated
+    assert "stopped" in capsys.readouterr().err
+
+
+def test_dashboard_terminated_stops_the_server_and_exits_143(capsys, monkeypatch, streamlit):
+    def terminated_while_waiting(timeout: float | None = None) -> int:
+        if streamlit.terminated:
+            return -15
+        os.kill(os.getpid(), signal.SIGTERM)  # `kill PID` of the command, as a process manager would send
+        raise AssertionError("SIGTERM did not interrupt the wait")
+
+    monkeypatch.setattr(streamlit, "wait", terminated_while_waiting)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["dashboard"]) == 128 + signal.SIGTERM and streamlit.terminated
+    assert "server stopped" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "http"])
+def test_dashboard_refuses_a_port_out_of_range(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dashboard", "--port", port])
+    assert exit_info.value.code == 2
+    assert "--port" in capsys.readouterr().err

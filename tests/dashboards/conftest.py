@@ -48,9 +48,9 @@ def app(monkeypatch) -> Iterator[AppTest]:
 
 
 def page(app: AppTest, name: str) -> AppTest:
-    """``app`` switched to ``dashboards/pages/{name}.py`` and run."""
+    """``app`` switched to ``dashboards/views/{name}.py`` and run."""
     app.run()
-    return app.switch_page(f"pages/{name}.py").run()
+    return app.switch_page(f"views/{name}.py").run()
 
 
 def no_problems(app: AppTest) -> None:

@@ -104,7 +104,7 @@ def test_the_report_figures_are_the_reports(run_app, run_dir):
 @pytest.mark.parametrize("typed", ["/no/such/run", str(APP.parent)])
 def test_a_bad_run_directory_is_a_message_in_the_page(app, typed):
     app.run()
-    app.switch_page("pages/run.py").run()
+    app.switch_page("views/run.py").run()
     app.text_input(key="run-dir-input").set_value(typed).run()
     assert not app.exception
     assert len(app.error) == 1 and app.error[0].value.startswith("Could not open the run")
