@@ -6,12 +6,13 @@ come from :func:`tokenize` (tokens with a special-token mask and word alignment)
 explained is a :class:`Target`.
 """
 
-from attn_probe.capture.capture import AttentionCapture, StackCapture, capture, intervene
+from attn_probe.capture.capture import AttentionCapture, NonFiniteError, StackCapture, capture, intervene
 from attn_probe.capture.targets import ResolvedTarget, Target, resolve, target_value
 from attn_probe.capture.tokens import TokenizedBatch, aggregate_to_words, tokenize
 
 __all__ = [
     "AttentionCapture",
+    "NonFiniteError",
     "ResolvedTarget",
     "StackCapture",
     "Target",

@@ -110,13 +110,15 @@ def capture(
         outputs = model(**model_inputs)
     recorder.check_edits_applied()
     logits = _logits_of(outputs)
+    stacks = _assemble(model, recorder.records)
+    check_finite(model, stacks, logits, attention_mask, family.main_stack)
     drift = None
     if measure_drift and not edits and logits is not None:
         with torch.no_grad():
             own = _logits_of(model(**model_inputs))
         drift = float((own.float() - logits.detach().float()).abs().max()) if own is not None else None
     return AttentionCapture(
-        stacks=_assemble(model, recorder.records),
+        stacks=stacks,
         main_stack=family.main_stack,
         logits=logits,
         outputs=outputs,
@@ -127,6 +129,62 @@ def capture(
         backend=_backend_of(model, family),
         drift=drift,
         batch=inputs if isinstance(inputs, TokenizedBatch) else None,
+    )
+
+
+class NonFiniteError(ValueError):
+    """The model produced NaN or infinite values: every explanation built on them would be meaningless."""
+
+
+def check_finite(
+    model: nn.Module,
+    stacks: Mapping[str, StackCapture],
+    logits: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    main_stack: str,
+) -> None:
+    """Raise :class:`NonFiniteError` naming the first attention layer whose weights (over real tokens) or values
+    are NaN / infinite, else the logits if they are, with the first non-finite parameter when there is one.
+
+    Why here: a NaN that enters attention spreads to every later layer, every method and every table, where it
+    shows up (if at all) as a silent NaN score or an unrelated error far downstream; the capture is the one
+    place that sees every layer, so it says where it started.
+    """
+    real = attention_mask.bool()
+    order = [main_stack, *(name for name in stacks if name != main_stack)]
+    for name in order:
+        stack = stacks[name]
+        for layer in range(stack.num_layers):
+            weights = stack.weights[:, layer].detach()  # [batch, heads, q, k]
+            # the mask is the main stack's inputs': its rows and keys there, the keys of cross-attention (encoder
+            # tokens); a decoder's own rows and keys of an encoder-decoder model are all checked
+            rows = real if name == main_stack else torch.ones_like(weights[:, 0, :, 0], dtype=torch.bool)
+            keys = real if name in (main_stack, "cross") else torch.ones_like(weights[:, 0, 0, :], dtype=torch.bool)
+            seen = weights.masked_fill(~(rows[:, None, :, None] & keys[:, None, None, :]), 0.0)
+            bad = ~torch.isfinite(seen)
+            values = stack.values[:, layer].detach() if stack.values is not None else None
+            if bad.any() or (values is not None and not torch.isfinite(values).all()):
+                where = torch.nonzero(bad)[0].tolist() if bad.any() else None
+                detail = f" (example {where[0]}, head {where[1]})" if where else " (its value vectors)"
+                raise NonFiniteError(
+                    f"the model produced NaN or infinite values in layer {layer} of its {name} attention{detail}; "
+                    f"every layer before it was finite. {_nonfinite_hint(model)}"
+                )
+    if logits is not None and not torch.isfinite(logits.detach()).all():
+        raise NonFiniteError(
+            "the model's output logits hold NaN or infinite values although every attention layer is finite: they "
+            f"arise after the last attention layer (the head or final layers). {_nonfinite_hint(model)}"
+        )
+
+
+def _nonfinite_hint(model: nn.Module) -> str:
+    """What to check next: the first parameter holding NaN / inf, or the usual causes when none does."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter.detach()).all():
+            return f"Parameter {name!r} holds NaN or infinite values: the checkpoint is damaged (or saved mid-blow-up)."
+    return (
+        "No parameter holds NaN / inf, so the inputs overflow the model's precision: try float32 "
+        "(load_model(..., dtype=torch.float32)) or check the inputs."
     )
 
 
