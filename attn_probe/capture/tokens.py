@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -261,6 +262,7 @@ def tokenize(
         words.append([text[s:e] for s, e in w_spans])
         truncated.append(limit is not None and len(getattr(encodings[i], "overflowing", []) or []) > 0)
 
+    _warn_contentless(texts, special_per_example)
     input_ids, attention_mask, special_mask, positions = _pad(
         ids_per_example, special_per_example, side, _pad_id(tokenizer)
     )
@@ -279,6 +281,21 @@ def tokenize(
         truncated=truncated,
         padding_side=side,
     )
+
+
+def _warn_contentless(texts: list[str], special: list[list[bool]]) -> None:
+    """Warn about texts left with special tokens only (control characters the tokenizer drops, or a text that
+    is literally "[CLS] [SEP]"): no method can rank anything in them, so their findings are not assessable."""
+    empty = [i for i, flags in enumerate(special) if all(flags)]
+    if empty:
+        first = texts[empty[0]]
+        shown = first if len(first) <= 40 else first[:40] + "..."
+        warnings.warn(
+            f"{len(empty)} of {len(texts)} texts have no token besides special ones after tokenization (e.g. text "
+            f"{empty[0]}: {shown!r}): nothing in them can be ranked, so their findings will be not assessable",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_texts(texts: Any) -> list[str]:

@@ -320,3 +320,21 @@ def test_align_words_from_offsets_alone():
     ids, spans = align_words("ab cd", [(0, 0), (0, 1), (1, 2), (2, 3), (3, 5), (0, 0)], [1, 0, 0, 0, 0, 1])
     assert ids == [None, 0, 0, 1, 1, None]  # the space token joins 'cd'
     assert spans == [(0, 2), (3, 5)]
+
+
+@pytest.mark.parametrize("text", ["[CLS] [SEP]", "\x00\x01\x02", "\u200b\u200b"])
+def test_texts_left_with_special_tokens_only_are_warned_about(tokenizer, text):
+    with pytest.warns(UserWarning, match=r"1 of 2 texts have no token besides special ones .*text 1"):
+        batch = tokenize(tokenizer, ["a real sentence", text])
+    assert bool(batch.special_tokens_mask[1][batch.attention_mask[1].bool()].all())
+
+
+def test_mixed_scripts_and_emoji_keep_content_tokens(tokenizer):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: these tokens are content ([UNK] counts as content)
+        batch = tokenize(tokenizer, ["日本語 مرحبا Привет 🎬🍿 café"])
+    content = batch.attention_mask[0].bool() & ~batch.special_tokens_mask[0]
+    assert int(content.sum()) >= 5
+    assert "".join(batch.words[0]).replace(" ", "") == "日本語مرحباПривет🎬🍿café"
