@@ -11,6 +11,7 @@ capture gets the true weights from any backend, so nothing is switched to eager 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,10 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+class RemoteCodeWarning(UserWarning):
+    """Loading runs code that came with the model (``trust_remote_code=True``)."""
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -55,9 +60,18 @@ def load_model(
     """Load ``name_or_path`` for ``task`` (one of :data:`TASKS`, or ``"auto"`` from its config).
 
     ``device``: default CUDA when available, else CPU. ``dtype``: default float32 (explanations in half
-    precision are noisier; ask for it explicitly).
+    precision are noisier; ask for it explicitly). ``trust_remote_code``: off by default; on, the model's own
+    Python code from its repository or folder runs here, and a warning says so every time.
     """
     from transformers import AutoConfig, AutoTokenizer
+
+    if trust_remote_code:
+        warnings.warn(
+            f"trust_remote_code=True: Python code shipped with {name_or_path!r} will run on this machine with your "
+            "permissions. Use it only for a source you have read or trust; attn_probe never turns it on by itself",
+            RemoteCodeWarning,
+            stacklevel=2,
+        )
 
     if task != "auto" and task not in TASKS:
         raise ValueError(f"unknown task '{task}'; choose 'auto' or one of {', '.join(TASKS)}")

@@ -70,3 +70,12 @@ def test_cuda_without_a_gpu_is_explained(tiny_classifier_dir):
 )
 def test_task_from_config(architectures, task):
     assert task_from_config(type("Config", (), {"architectures": architectures})()) == task
+
+
+def test_remote_code_stays_off_unless_asked_and_is_loud_when_on(tiny_classifier_dir, recwarn):
+    from attn_probe.models.load import RemoteCodeWarning
+
+    load_model(str(tiny_classifier_dir))
+    assert not [w for w in recwarn if issubclass(w.category, RemoteCodeWarning)]
+    with pytest.warns(RemoteCodeWarning, match="will run on this machine with your permissions"):
+        load_model(str(tiny_classifier_dir), trust_remote_code=True)
