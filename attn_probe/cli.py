@@ -4,11 +4,10 @@
                                           held-out Rotten Tomatoes snippets, into runs/demo, headline findings
     attn-probe run --model M --data D --out DIR [--methods ...] [--limit N] [--batch-size B]
     attn-probe summary DIR                the findings of a run, in sentences and as a table
-    attn-probe report DIR                 a self-contained HTML report and a Markdown twin of a run
     attn-probe analysis NAME [--smoke]    one of the studies in analyses/ (run from the repository root)
     attn-probe report DIR [--out OUT] [--format html|md|both]   the analysis report of a run (HTML + Markdown)
     attn-probe models                     the offline models and the architectures attention is captured from
-    attn-probe dashboard [DIR] [--host H] [--port P]   the interactive dashboard (Streamlit), on localhost by default
+    attn-probe dashboard [DIR] [--host H] [--port P] [--run-root R]   the dashboard (Streamlit), on localhost
     attn-probe toy                        train a toy encoder whose answer tokens are known, then probe it
 
 Exit codes: 0 done; 2 bad input (one line on stderr says what and what to do, never a traceback);
@@ -142,7 +141,8 @@ def _dashboard(args: argparse.Namespace) -> int:
         # Checked here, not in the app: a typo gets a one-line error instead of a page that fails to load.
         # verify=False: sizes only, so a large run is not hashed before the dashboard even starts.
         run_dir = load_run(args.run, verify=False).path.resolve()
-    argv = streamlit_argv(dashboard_app(), host=args.host, port=args.port, run_dir=run_dir)
+    run_root = dashboard_run_root(args.run_root, run_dir)
+    argv = streamlit_argv(dashboard_app(), host=args.host, port=args.port, run_dir=run_dir, run_root=run_root)
     if not _is_loopback(args.host):
         print(
             f"attn-probe dashboard: warning: --host {args.host} makes the dashboard reachable from other machines "
@@ -150,7 +150,20 @@ def _dashboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"attn-probe dashboard: {dashboard_url(args.host, args.port)} (Ctrl-C stops it)", flush=True)
+    print(f"attn-probe dashboard: runs can be opened from {run_root} and the folders inside it", flush=True)
     return _serve(argv)
+
+
+def dashboard_run_root(given: str | None, run_dir: Path | None) -> Path:
+    """The folder the dashboard may open runs from (the page refuses paths outside it): ``--run-root``, else the
+    run directory's parent, else the current directory."""
+    root = Path(given).expanduser() if given else (run_dir.parent if run_dir is not None else Path.cwd())
+    if not root.is_dir():
+        raise ValueError(f"--run-root {root} is not a directory: give the folder that holds your runs")
+    root = root.resolve()
+    if run_dir is not None and not run_dir.is_relative_to(root):
+        raise ValueError(f"the run {run_dir} is outside --run-root {root}: give a root that contains it")
+    return root
 
 
 def dashboard_app(package: str = DASHBOARD_PACKAGE) -> Path:
@@ -169,15 +182,18 @@ def dashboard_app(package: str = DASHBOARD_PACKAGE) -> Path:
     return app
 
 
-def streamlit_argv(app: Path, *, host: str, port: int, run_dir: Path | None) -> list[str]:
+def streamlit_argv(app: Path, *, host: str, port: int, run_dir: Path | None, run_root: Path | None = None) -> list[str]:
     """The command line that serves ``app`` with this interpreter's Streamlit (the one attn_probe runs in)."""
     argv = [
         sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
     ]  # fmt: skip
+    extra = []  # after "--": the app's own arguments, not Streamlit's
     if run_dir is not None:
-        argv += ["--", "--run-dir", str(run_dir)]  # after "--": the app's own arguments, not Streamlit's
-    return argv
+        extra += ["--run-dir", str(run_dir)]
+    if run_root is not None:
+        extra += ["--run-root", str(run_root)]
+    return argv + (["--", *extra] if extra else [])
 
 
 def dashboard_url(host: str, port: int) -> str:
@@ -403,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to listen on (default {DASHBOARD_HOST}: this machine only; 0.0.0.0 exposes it to the network)",
     )
     dashboard.add_argument("--port", type=_port, default=DASHBOARD_PORT, help=f"port (default {DASHBOARD_PORT})")
+    dashboard.add_argument(
+        "--run-root",
+        metavar="DIR",
+        help="the folder runs may be opened from in the page (default: RUN_DIR's parent, else the current folder); "
+        "paths typed in the page cannot leave it",
+    )
     dashboard.set_defaults(handler=_dashboard)
     return parser
 

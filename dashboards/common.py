@@ -20,6 +20,7 @@ from attn_probe.report import md_escape
 from dashboards.data import ExampleData, example_from_result, example_from_run
 
 RUN_DIR_ENV = "ATTN_PROBE_RUN_DIR"  # a run directory to open, when not given on the command line
+RUN_ROOT_ENV = "ATTN_PROBE_RUN_ROOT"  # the folder runs may be opened from, when not given on the command line
 DEFAULT_MODEL = "minilm-sentiment"
 DEFAULT_TEXT = "a gorgeous, witty, seductive movie, though the ending drags"
 STATE_MODEL, STATE_TEXT, STATE_RUN = "model_name", "text", "run_dir"
@@ -28,13 +29,49 @@ STATE_MODEL, STATE_TEXT, STATE_RUN = "model_name", "text", "run_dir"
 # ----------------------------------------------------------------------------------------------------
 # start-up arguments and shared choices
 # ----------------------------------------------------------------------------------------------------
-def startup_run_dir(argv: Sequence[str] | None = None) -> str | None:
-    """The run directory the dashboard was started with: ``--run-dir PATH`` after ``streamlit run app.py --``
-    (what ``attn-probe dashboard RUN_DIR`` passes), else the ``ATTN_PROBE_RUN_DIR`` environment variable."""
+def _app_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The app's own arguments: what follows ``--`` in ``streamlit run app.py -- --run-dir D --run-root R``."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--run-root", default=None)
     known, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    return known.run_dir or os.environ.get(RUN_DIR_ENV) or None
+    return known
+
+
+def startup_run_dir(argv: Sequence[str] | None = None) -> str | None:
+    """The run directory the dashboard was started with: ``--run-dir PATH`` (what ``attn-probe dashboard
+    RUN_DIR`` passes), else the ``ATTN_PROBE_RUN_DIR`` environment variable."""
+    return _app_arguments(argv).run_dir or os.environ.get(RUN_DIR_ENV) or None
+
+
+def run_root(argv: Sequence[str] | None = None) -> Path:
+    """The folder runs may be opened from: ``--run-root``, else ``ATTN_PROBE_RUN_ROOT``, else the start-up run
+    directory's parent, else the current directory. Paths typed in the page cannot leave it."""
+    given = _app_arguments(argv).run_root or os.environ.get(RUN_ROOT_ENV)
+    if given:
+        return Path(given).expanduser().resolve()
+    start = startup_run_dir(argv)
+    return Path(start).expanduser().resolve().parent if start else Path.cwd().resolve()
+
+
+def resolve_inside(typed: str, roots: Sequence[Path], what: str) -> Path:
+    """``typed`` (a path from the page) resolved inside one of ``roots``: relative paths start at the first root;
+    ``..`` and symbolic links are resolved before the check, so nothing outside can be reached."""
+    roots = [root.resolve() for root in roots]
+    path = Path(typed.strip()).expanduser()
+    resolved = (path if path.is_absolute() else roots[0] / path).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        allowed = " or ".join(str(root) for root in roots)
+        raise ValueError(
+            f"{typed.strip()} is outside the folders this dashboard opens {what} from ({allowed}); choose one inside, "
+            "or start the dashboard with --run-root set to a folder that holds it"
+        )
+    return resolved
+
+
+def resolve_run_dir(typed: str, root: Path | None = None) -> str:
+    """The run directory ``typed`` in the page, as an absolute path inside the run root."""
+    return str(resolve_inside(typed, [root or run_root()], "runs"))
 
 
 def init_state() -> None:
@@ -95,13 +132,12 @@ def run_stamp(path: str) -> float:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def open_run(path: str, stamp: float) -> Any:
-    """The run directory ``path`` (read-only; ``stamp`` from :func:`run_stamp`)."""
+    """The run directory ``path`` (read-only; ``stamp`` from :func:`run_stamp`), which must lie in the run root."""
     from attn_probe.store import load_run
 
-    cleaned = path.strip()
-    if not cleaned:
+    if not path.strip():
         raise ValueError("no run directory given: type the path of a directory made by `attn-probe run`")
-    return load_run(cleaned, verify=False)
+    return load_run(resolve_run_dir(path), verify=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

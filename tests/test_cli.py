@@ -216,14 +216,27 @@ def test_dashboard_without_its_app_says_so(tmp_path, capsys, monkeypatch):
 def test_dashboard_starts_streamlit_on_the_run_and_forwards_its_exit_code(small_run, capsys, streamlit):
     assert main(["dashboard", str(small_run), "--port", "8600"]) == 0
     (argv,) = streamlit.started
-    assert argv[-3:] == ["--", "--run-dir", str(small_run.resolve())] and "8600" in argv
+    assert argv[-5:] == ["--", "--run-dir", str(small_run.resolve()), "--run-root", str(small_run.resolve().parent)]
+    assert "8600" in argv
     captured = capsys.readouterr()
     assert "http://127.0.0.1:8600" in captured.out and "warning" not in captured.err
     streamlit.code = 3
     assert main(["dashboard"]) == 3
-    assert "--run-dir" not in streamlit.started[-1]
+    assert "--run-dir" not in streamlit.started[-1] and streamlit.started[-1][-2:] == ["--run-root", os.getcwd()]
     streamlit.code = -9  # killed by SIGKILL: exits as a shell reports it
     assert main(["dashboard"]) == 128 + 9
+
+
+def test_dashboard_run_root_must_hold_the_run(small_run, tmp_path, capsys, streamlit):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert main(["dashboard", str(small_run), "--run-root", str(other)]) == EXIT_BAD_INPUT
+    assert "is outside --run-root" in capsys.readouterr().err
+    assert main(["dashboard", "--run-root", str(tmp_path / "missing")]) == EXIT_BAD_INPUT
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["dashboard", "--run-root", str(other)]) == 0
+    assert streamlit.started[-1][-2:] == ["--run-root", str(other.resolve())]
+    assert f"runs can be opened from {other.resolve()}" in capsys.readouterr().out
 
 
 def test_dashboard_on_another_host_warns_that_it_is_reachable(capsys, streamlit):

@@ -15,6 +15,7 @@ from dashboards.common import (
     explain_text,
     init_state,
     model_choices,
+    resolve_run_dir,
     run_stamp,
     run_table,
     safe,
@@ -32,7 +33,8 @@ def _run_example_text() -> str:
         st.info("No run is open: open one on the 'A run' page, or type a text.")
         return ""
     with shown_errors(f"Could not open the run {run_dir}"):
-        examples = run_table(run_dir, run_stamp(run_dir), "examples")
+        path = resolve_run_dir(run_dir)
+        examples = run_table(path, run_stamp(path), "examples")
     ids = [int(i) for i in examples["example_id"]]
     picked = st.selectbox(
         "Example of the run", ids, format_func=lambda i: example_ids_label(examples, i), key="explore-pick"

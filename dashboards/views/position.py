@@ -14,7 +14,7 @@ import streamlit as st
 
 from attn_probe.compare import logit_parts, position_logit_share
 from dashboards import charts
-from dashboards.common import safe, shown_errors
+from dashboards.common import resolve_inside, run_root, safe, shown_errors
 from dashboards.data import (
     LOGIT_VARIANTS,
     SYNTHETIC_TASKS,
@@ -62,9 +62,15 @@ st.title("Position variants")
 
 # ---------------------------------------------------------------------------------------------- the study
 st.header("The relative-position study, per variant")
-folder = st.text_input("Study results folder", value=str(study_folder()), key="pos-folder")
+folder = st.text_input(
+    "Study results folder",
+    value=str(study_folder()),
+    help=f"The output folder of `python -m analyses.position_variants`, inside {study_folder().parent} or "
+    f"{run_root()}.",
+    key="pos-folder",
+)
 with shown_errors("Could not read the study's results"):
-    tables = load_study(folder)
+    tables = load_study(str(resolve_inside(folder, [study_folder().parent, run_root()], "study results")))
 recovery, accuracy = tables["recovery"], tables["accuracy"]
 left, middle = st.columns(2)
 task = left.selectbox("Task", sorted(recovery["task"].unique()), key="pos-task")

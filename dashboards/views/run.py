@@ -10,7 +10,18 @@ from attn_probe.findings import headlines, summarise
 from attn_probe.report import figure_blocks
 from attn_probe.report.document import Heading, Paragraph, Plot
 from dashboards import charts
-from dashboards.common import STATE_RUN, init_state, open_run, run_example, run_stamp, run_table, safe, shown_errors
+from dashboards.common import (
+    STATE_RUN,
+    init_state,
+    open_run,
+    resolve_run_dir,
+    run_example,
+    run_root,
+    run_stamp,
+    run_table,
+    safe,
+    shown_errors,
+)
 from dashboards.data import RunFilters, default_example, example_table, head_grid
 from dashboards.example_view import show_example
 
@@ -32,18 +43,20 @@ def report_figures(path: str, stamp: float) -> list:
 
 init_state()
 st.title("A run")
-run_dir = st.text_input(
+typed = st.text_input(
     "Run directory",
     value=st.session_state[STATE_RUN],
-    help="A directory written by `attn-probe run` / `Probe.run` (or `attn-probe demo`: runs/demo).",
+    help=f"A directory written by `attn-probe run` / `Probe.run` (or `attn-probe demo`: runs/demo), inside "
+    f"{run_root()} (relative paths start there).",
     key="run-dir-input",
 ).strip()
-st.session_state[STATE_RUN] = run_dir
-if not run_dir:
+st.session_state[STATE_RUN] = typed
+if not typed:
     st.info("Type the path of a run directory, or start the dashboard with `attn-probe dashboard RUN_DIR`.")
     st.stop()
 
-with st.spinner("Opening the run ..."), shown_errors(f"Could not open the run {run_dir}"):
+with st.spinner("Opening the run ..."), shown_errors(f"Could not open the run {typed}"):
+    run_dir = resolve_run_dir(typed)  # absolute, inside the run root: every later read uses this path
     stamp = run_stamp(run_dir)
     run = open_run(run_dir, stamp)
     names = run.tables()

@@ -34,11 +34,22 @@ def test_the_study_is_shown_per_variant_as_its_tables_say(app):
     assert sorted(accuracy["variant"]) == sorted(recovery["variant"].unique())
 
 
-def test_a_missing_results_folder_is_a_message_in_the_page(app, tmp_path):
+def test_a_missing_results_folder_is_a_message_in_the_page(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTN_PROBE_RUN_ROOT", str(tmp_path))  # a folder the page may read
     page(app, "position")
     app.text_input(key="pos-folder").set_value(str(tmp_path)).run()
     assert not app.exception
     assert len(app.error) == 1 and "analyses.position\\_variants" in app.error[0].value
+
+
+@pytest.mark.parametrize("typed", ["/etc", "../../.."])
+def test_a_folder_outside_the_allowed_ones_is_refused(app, typed):
+    page(app, "position")
+    app.text_input(key="pos-folder").set_value(typed).run()
+    assert not app.exception
+    assert (
+        len(app.error) == 1 and "is outside the folders this dashboard opens study results from" in app.error[0].value
+    )
 
 
 def test_the_logit_split_of_a_trained_model_is_the_librarys(app):

@@ -101,10 +101,13 @@ def test_the_report_figures_are_the_reports(run_app, run_dir):
     assert len(images) == len(plots) > 0
 
 
-@pytest.mark.parametrize("typed", ["/no/such/run", str(APP.parent)])
-def test_a_bad_run_directory_is_a_message_in_the_page(app, typed):
+@pytest.mark.parametrize("typed", ["no/such/run", "/etc", "../../..", str(APP.parent)])
+def test_a_bad_run_directory_is_a_message_in_the_page(app, typed, monkeypatch):
+    monkeypatch.setenv("ATTN_PROBE_RUN_ROOT", str(APP.parent.parent))  # the repository: dashboards/ is inside
     app.run()
     app.switch_page("views/run.py").run()
     app.text_input(key="run-dir-input").set_value(typed).run()
     assert not app.exception
     assert len(app.error) == 1 and app.error[0].value.startswith("Could not open the run")
+    outside = typed in ("/etc", "../../..")
+    assert ("is outside the folders this dashboard opens runs from" in app.error[0].value) == outside
