@@ -102,10 +102,10 @@ def shown_errors(what: str) -> Iterator[None]:
     try:
         yield
     except (ValueError, OSError, KeyError, LookupError, RuntimeError, ImportError, TypeError) as error:
-        st.error(f"{what}: {safe(one_line(error))}")
+        st.error(f"{safe(what)}: {safe(one_line(error))}")
         st.stop()
     except Exception as error:  # anything else still ends as a message, with its type to report it by
-        st.error(f"{what} failed unexpectedly ({type(error).__name__}): {safe(one_line(error))}")
+        st.error(f"{safe(what)} failed unexpectedly ({type(error).__name__}): {safe(one_line(error))}")
         st.stop()
 
 

@@ -100,7 +100,7 @@ if not text.strip():
     st.error("The text is empty: type a sentence to edit the attention of.")
     st.stop()
 
-with st.spinner(f"Loading {model_name} ..."), shown_errors(f"Could not run model {model_name} on the text"):
+with st.spinner(f"Loading {safe(model_name)} ..."), shown_errors(f"Could not run model {model_name} on the text"):
     tokens, num_layers, num_heads = shape_of(model_name, text)
     probe = load_probe(model_name)
 

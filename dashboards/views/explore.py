@@ -87,12 +87,12 @@ if not methods:
     st.stop()
 
 with (
-    st.status(f"Explaining with {model_name} ...", expanded=False) as status,
+    st.status(f"Explaining with {safe(model_name)} ...", expanded=False) as status,
     shown_errors(f"Could not explain the text with model {model_name}"),
 ):
     status.write("Loading the model (once per server) and running every method and check ...")
     data = explain_text(model_name, text, tuple(methods), tuple(checks))
-    status.update(label=f"Explained with {model_name}", state="complete")
+    status.update(label=f"Explained with {safe(model_name)}", state="complete")
 
 row = data.row
 left, middle, right = st.columns(3)

@@ -111,3 +111,34 @@ def test_a_bad_run_directory_is_a_message_in_the_page(app, typed, monkeypatch):
     assert len(app.error) == 1 and app.error[0].value.startswith("Could not open the run")
     outside = typed in ("/etc", "../../..")
     assert ("is outside the folders this dashboard opens runs from" in app.error[0].value) == outside
+
+
+PAYLOADS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))", "$\\pi$ **b**"]
+
+
+@pytest.fixture(scope="module")
+def payload_run(tmp_path_factory, model_dir, tokenizer, tiny_bert):
+    """A run whose model name and texts are markup: script tags, event handlers, Markdown links, math."""
+    from attn_probe import Probe
+
+    out = tmp_path_factory.mktemp("payload") / "run"
+    probe = Probe(tiny_bert, tokenizer, name=PAYLOADS[0])
+    probe.run([f"good {p} film" for p in PAYLOADS], out, methods=["raw_attention", "saliency"], progress=False)
+    return out
+
+
+def test_markup_in_a_runs_texts_and_model_name_is_shown_as_text(app, monkeypatch, payload_run):
+    monkeypatch.setattr("sys.argv", ["app.py", "--run-dir", str(payload_run)])
+    for example in range(len(PAYLOADS)):
+        app.query_params["example"] = str(example)
+        app.run()
+        no_problems(app)
+        texts = [block.value for block in [*app.markdown, *app.caption, *app.warning, *app.subheader]]
+        assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in text for text in texts)  # the model name, escaped
+        for text in texts:
+            assert "<script" not in text and "<img" not in text and "](javascript" not in text
+        card = "".join(element.value for element in app.get("html"))
+        assert html.escape(f"good {PAYLOADS[example]} film") in card
+        assert "<script>" not in card and "<img src=x" not in card and "onerror=alert(1)>" not in card
+        table = next(frame.value for frame in app.dataframe if "misleading" in frame.value.columns)
+        assert set(table["text"]) == {f"good {p} film" for p in PAYLOADS}  # table cells: the text as it is
