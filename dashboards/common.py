@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,8 +159,12 @@ def explain_text(model_name: str, text: str, methods: tuple[str, ...], checks: t
     if not text.strip():
         raise ValueError("the text is empty: type a sentence to explain")
     probe = load_probe(model_name)
-    result = probe.explain([text], methods=list(methods), checks=list(checks))
-    return example_from_result(result, 0)
+    with warnings.catch_warnings(record=True) as caught:  # shown in the page, not only on the server's console
+        warnings.simplefilter("always")
+        result = probe.explain([text], methods=list(methods), checks=list(checks))
+    data = example_from_result(result, 0)
+    data.notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    return data
 
 
 def model_choices() -> list[str]:

@@ -44,6 +44,7 @@ class ExampleData:
     evidence: dict[str, pd.DataFrame] = field(default_factory=dict)  # comparison tables (agreement, sinks, ...)
     methods: list[str] = field(default_factory=list)  # in the order the run / result lists them
     attention: np.ndarray | None = None  # [layers, heads, n, n] over the real tokens; None when not kept
+    notes: list[str] = field(default_factory=list)  # warnings raised while explaining (truncation, no content)
 
     @property
     def row(self) -> pd.Series:

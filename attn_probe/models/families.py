@@ -87,7 +87,9 @@ def detect_family(model: nn.Module) -> Family:
     raise UnsupportedModelError(
         f"cannot capture attention of {type(model).__name__} (model_type '{model_type}'): it does not dispatch "
         "attention through transformers' AttentionInterface, and attn_probe/models/families.py has no NATIVE "
-        "entry for it (the child module its softmaxed weights pass through, and where its values come from)"
+        "entry for it (the child module its softmaxed weights pass through, and where its values come from). If "
+        "the architecture has no attention at all (a state-space model such as Mamba, a convolutional one), "
+        "there is no attention for attn_probe to judge"
     )
 
 

@@ -94,6 +94,8 @@ with (
     data = explain_text(model_name, text, tuple(methods), tuple(checks))
     status.update(label=f"Explained with {safe(model_name)}", state="complete")
 
+for note in data.notes:
+    st.warning(safe(note))
 row = data.row
 left, middle, right = st.columns(3)
 left.metric("Tokens", int(row["n_tokens"]))

@@ -81,3 +81,9 @@ def test_markup_in_a_text_is_shown_as_text(app, model_dir):
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html  # the token view, escaped
     for block in app.markdown:  # every data string in Markdown is escaped: no tag, link, math or emphasis
         assert "<img" not in block.value and "](javascript" not in block.value
+
+
+def test_warnings_while_explaining_are_shown_in_the_page(app, model_dir):
+    explain(app, str(model_dir), "[CLS] [SEP]", checks=["agreement"])
+    no_problems(app)
+    assert any("no token besides special ones" in warning.value for warning in app.warning)
