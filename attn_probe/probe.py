@@ -7,6 +7,7 @@
     result.agreement       # method-vs-method Kendall / Spearman / top-k per example
     result.findings        # verdicts: what holds, what does not, with evidence and thresholds
     result.summary()       # how often each finding holds, with Wilson intervals
+    result.flagged         # numbers not to lean on: unconverged integrated gradients, capture drift (result.flags)
     result.plot("tokens", example_id=0)              # seaborn figures (also "heads", "sinks", "findings")
     run = probe.run(texts_or_file, out="runs/sentiment")   # dataset scale, on disk, resumable
 
@@ -14,6 +15,12 @@ Defaults, all overridable: methods :data:`DEFAULT_METHODS` (attention-derived on
 perturbation ones are the references they are judged against); target = the predicted class's logit for a
 classifier, the log-probability of the top next token for a language model; checks :data:`DEFAULT_CHECKS`
 (the adversarial search and the randomisation test cost more: ``checks=CHECKS`` adds them).
+
+Numerical honesty: every integrated-gradients result carries its convergence delta and every batch the drift of
+the attention capture from the model's own backend, in the ``flags`` table (:mod:`attn_probe.findings.flags`:
+``example_id, method, check, scope, value, threshold, flagged``), flagged above ``Thresholds``'s
+``ig_relative_convergence_delta`` / ``capture_drift``. Integrated gradients' own warnings are gathered into one
+per call (a :class:`~attn_probe.methods.gradient.ConvergenceWarning`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,14 +38,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attn_probe.capture import Target, TokenizedBatch, tokenize
+from attn_probe.capture import AttentionCapture, Target, TokenizedBatch, capture, tokenize
 from attn_probe.findings import CHECKS, Assessment, Thresholds, assess, summarise
+from attn_probe.findings.flags import IG_CHECK, concat_flags, drift_flags, empty_flags, flag_summary, max_drift
 from attn_probe.methods.base import Explanation, get_method
+from attn_probe.methods.gradient import ConvergenceWarning
 from attn_probe.models.families import detect_family
 
 DEFAULT_METHODS = ("raw_attention", "attention_rollout", "attention_flow", "integrated_gradients", "leave_one_out")
 DEFAULT_CHECKS = ("agreement", "erasure", "sinks", "position", "counterfactuals")
-RUN_TABLES = ("examples", "scores", "findings", "attention")  # + one table per comparison (its evidence name)
+RUN_TABLES = ("examples", "scores", "findings", "attention", "flags")  # + one table per comparison (evidence name)
 JUDGED_FAMILIES = ("attention", "hybrid")  # explanations read from attention weights: the ones judged
 REFERENCE_FAMILIES = ("gradient", "perturbation")  # what they are judged against
 
@@ -55,6 +65,19 @@ class ProbeResult:
     findings: pd.DataFrame  # attn_probe.findings.FINDING_COLUMNS
     evidence: dict[str, pd.DataFrame] = field(default_factory=dict)  # every comparison table, all batches
     methods: pd.DataFrame = field(default_factory=pd.DataFrame)  # id, family, judged, sign, ...
+    flags: pd.DataFrame = field(default_factory=empty_flags)  # attn_probe.findings.flags.FLAG_COLUMNS
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        """The flagged rows of :attr:`flags`: integrated-gradients results that did not converge (relative
+        convergence delta above its threshold) and batches whose capture drifted from the model's backend."""
+        return self.flags[self.flags["flagged"].astype(bool)].reset_index(drop=True)
+
+    @property
+    def drift(self) -> float | None:
+        """The largest drift of the attention capture from the model's own backend over every batch (max
+        absolute logit difference; per batch in :attr:`flags`, check ``capture_drift``); None if not measured."""
+        return max_drift(self.flags)
 
     @property
     def agreement(self) -> pd.DataFrame:
@@ -180,18 +203,23 @@ class Probe:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         judged, references = split_methods(methods if methods is not None else DEFAULT_METHODS)
+        thresholds = thresholds or Thresholds()
         batches, assessments = [], []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenize(texts[start : start + batch_size], max_length=max_length)
-            batches.append(batch)
-            assessments.append(
-                assess(
+        caught: list[warnings.WarningMessage] = []
+        with _gathering_convergence_warnings(caught):
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenize(texts[start : start + batch_size], max_length=max_length)
+                batches.append(batch)
+                assessment = assess(
                     self.model, batch, tokenizer=self.tokenizer, target=target, attention_methods=judged,
-                    reference_methods=references, checks=checks, method_options=options,
-                    thresholds=thresholds or Thresholds(), seed=seed,
-                )
-            )  # fmt: skip
-        return self._result(texts, batches, assessments, [*judged, *references], batch_size)
+                    reference_methods=references, checks=checks, method_options=options, thresholds=thresholds,
+                    seed=seed,
+                )  # fmt: skip
+                _with_drift(self.model, batch, assessment, thresholds)
+                assessments.append(assessment)
+        result = self._result(texts, batches, assessments, [*judged, *references], batch_size)
+        _warn_unconverged(caught, result.flags, thresholds)
+        return result
 
     def run(
         self,
@@ -219,9 +247,12 @@ class Probe:
         ``label_column`` (labels are checked against the model's classes). Started again after any
         interruption (``kill -9`` included), the same call skips the examples already written; a directory
         made by another model, dataset or settings is refused. Tables: ``examples``, ``scores``, ``findings``,
-        ``attention`` (per example, layer and head: entropy, shares on special / first / own token, distance)
-        and one per comparison; the full attention matrices of ``sample`` randomly chosen examples (float16).
-        Returns the run (:class:`attn_probe.store.Run`, read it with ``.table(name)``).
+        ``attention`` (per example, layer and head: entropy, shares on special / first / own token, distance),
+        ``flags`` (integrated gradients' convergence delta per example, the capture's drift per batch: see
+        :mod:`attn_probe.findings.flags`) and one per comparison; the full attention matrices of ``sample``
+        randomly chosen examples (float16). The manifest's ``extra`` holds the largest capture drift and the
+        flagged counts over the whole run (:func:`attn_probe.findings.flags.flag_summary`). Returns the run
+        (:class:`attn_probe.store.Run`, read it with ``.table(name)``).
 
         Example::
 
@@ -255,6 +286,8 @@ class Probe:
                     "batch_size": batch_size, "text_column": text_column, "label_column": label_column}  # fmt: skip
         sampled = select_sample(texts["example_id"], sample, seed)
         run = Run.open(out, identity, settings)
+        caught: list[warnings.WarningMessage] = []
+        session_flags: list[pd.DataFrame] = []
         try:
             todo = texts[~texts["example_id"].isin(run.done())]
             starts = range(0, len(todo), batch_size)
@@ -266,11 +299,13 @@ class Probe:
                 part = todo.iloc[start : start + batch_size]
                 ids = [int(i) for i in part["example_id"]]
                 batch = self.tokenize(list(part["text"]), max_length=max_length)
-                assessment = assess(
-                    self.model, batch, tokenizer=self.tokenizer, target=target, attention_methods=judged,
-                    reference_methods=references, checks=checks, method_options=options, thresholds=thresholds,
-                    seed=seed,
-                )  # fmt: skip
+                with _gathering_convergence_warnings(caught):
+                    assessment = assess(
+                        self.model, batch, tokenizer=self.tokenizer, target=target, attention_methods=judged,
+                        reference_methods=references, checks=checks, method_options=options, thresholds=thresholds,
+                        seed=seed,
+                    )  # fmt: skip
+                captured = _with_drift(self.model, batch, assessment, thresholds)
                 result = self._result(list(part["text"]), [batch], [assessment], [*judged, *references], len(ids))
                 tables = {
                     "examples": _with_labels(result.examples, part),
@@ -278,7 +313,9 @@ class Probe:
                     "findings": result.findings,
                     **result.evidence,
                 }
-                weights = _capture_of(self.model, batch, assessment)  # [b, L, H, n, n]
+                if not result.flags.empty:
+                    tables["flags"] = result.flags
+                weights = captured.weights  # [b, L, H, n, n]
                 tables["attention"] = summarise_batch(
                     weights.float().cpu().numpy(), list(range(len(ids))), batch.special_tokens_mask.cpu().numpy(),
                     batch.attention_mask.bool().cpu().numpy(),
@@ -292,9 +329,13 @@ class Probe:
                     }
                 }
                 run.write(ids, tables, samples=samples)
-            run.finish({"examples": len(texts), "model": self.name})
+                if "flags" in tables:
+                    session_flags.append(tables["flags"])
+            whole = run.table("flags") if "flags" in run.tables() else empty_flags()  # earlier sessions too
+            run.finish({"examples": len(texts), "model": self.name, **flag_summary(whole, thresholds)})
         finally:
             run.close()
+        _warn_unconverged(caught, concat_flags(session_flags), thresholds)
         return run
 
     def _class_ids(self, labels: pd.Series) -> pd.Series:
@@ -325,7 +366,7 @@ class Probe:
         methods: list[str],
         batch_size: int,
     ) -> ProbeResult:
-        examples, scores, findings = [], [], []
+        examples, scores, findings, flags = [], [], [], []
         evidence: dict[str, list[pd.DataFrame]] = {}
         for index, (batch, assessment) in enumerate(zip(batches, assessments, strict=True)):
             offset = index * batch_size
@@ -348,6 +389,7 @@ class Probe:
                 frame["target"] = [descriptions[i] for i in frame["example_id"]]
                 scores.append(_shift(frame, offset))
             findings.append(_shift(assessment.findings, offset))
+            flags.append(_shift(assessment.flags, offset))
             for name, table in assessment.evidence.items():
                 evidence.setdefault(name, []).append(_shift(table, offset))
         return ProbeResult(
@@ -360,6 +402,7 @@ class Probe:
             findings=pd.concat(findings, ignore_index=True),
             evidence={name: pd.concat(tables, ignore_index=True) for name, tables in evidence.items()},
             methods=method_table(methods),
+            flags=concat_flags(flags),
         )
 
 
@@ -451,14 +494,64 @@ def _relabel(table: pd.DataFrame, ids: list[int]) -> pd.DataFrame:
     return relabelled
 
 
-def _capture_of(model: nn.Module, batch: TokenizedBatch, assessment: Assessment) -> torch.Tensor:
-    """``[b, layers, heads, n, n]``: the batch's attention weights, from the assessment's shared capture when
-    its checks made one (a capture of its own otherwise)."""
+def _with_drift(
+    model: nn.Module, batch: TokenizedBatch, assessment: Assessment, thresholds: Thresholds
+) -> AttentionCapture:
+    """The batch's capture: the assessment's shared one when its methods or checks made one, a capture of its
+    own otherwise, whose drift is then added to ``assessment.flags`` (so that every batch's drift is measured)."""
     if assessment.captured is not None:
-        return assessment.captured.weights
-    from attn_probe.capture import capture
+        return assessment.captured
+    captured = capture(model, batch, keep_values=False)
+    drift = drift_flags(len(batch), captured.drift, thresholds, captured.logits)
+    assessment.flags = concat_flags([assessment.flags, drift])
+    return captured
 
-    return capture(model, batch, keep_values=False, measure_drift=False).weights
+
+@contextmanager
+def _gathering_convergence_warnings(caught: list[warnings.WarningMessage]) -> Iterator[None]:
+    """Inside: integrated gradients' :class:`ConvergenceWarning` is kept in ``caught`` (one summary follows,
+    :func:`_warn_unconverged`) instead of shown once per batch; every other warning is shown as before.
+
+    Only ``warnings.showwarning`` is swapped, not the filters: a warning the filters ignore never arrives, one
+    they turn into an error still raises, and "once per location" still holds."""
+    shown = warnings.showwarning
+
+    def keep(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConvergenceWarning):
+            caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = keep
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _warn_unconverged(caught: list[warnings.WarningMessage], flags: pd.DataFrame, thresholds: Thresholds) -> None:
+    """One :class:`ConvergenceWarning` for the integrated-gradients warnings gathered over a call's batches."""
+    if not caught:
+        return
+    rows = flags[flags["check"] == IG_CHECK] if not flags.empty else flags
+    bad = rows[rows["flagged"].astype(bool)] if not rows.empty else rows
+    line = thresholds.ig_relative_convergence_delta
+    if bad.empty:
+        text = (
+            f"integrated gradients warned {len(caught)} time(s) at its own delta_tolerance, though no example is "
+            f"above the flag threshold ig_relative_convergence_delta = {line:.1%}; the first warning: "
+            f"{caught[0].message}"
+        )
+    else:
+        ids = sorted({int(i) for i in bad["example_id"]})
+        shown = ", ".join(str(i) for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        text = (
+            f"integrated gradients did not converge for {len(ids)} of {rows['example_id'].nunique()} examples "
+            f"({shown}): relative convergence delta up to {bad['value'].max():.1%}, threshold {line:.1%}; findings "
+            "judged against it there are less reliable. Raise its n_steps (options={'integrated_gradients': "
+            "{'n_steps': ...}}); every example's delta is in the flags table"
+        )
+    warnings.warn(text, ConvergenceWarning, stacklevel=3)
 
 
 def _shift(frame: pd.DataFrame, offset: int) -> pd.DataFrame:

@@ -22,6 +22,9 @@ Protocol (all on one batch, for one resolved target, shared by every step):
    that feeds the output (Jain & Wallace's single attention distribution), all heads together;
 7. ``randomisation``: the cascading parameter-randomisation test of every method.
 
+Whatever the checks, ``Assessment.flags`` (:mod:`attn_probe.findings.flags`) says which numbers not to lean on:
+each integrated-gradients result's convergence delta, and the shared capture's drift from the model's backend.
+
 ``checks`` chooses the steps; verdicts whose table was not computed are simply absent.
 """
 
@@ -42,6 +45,7 @@ from attn_probe.compare.position import position_explained
 from attn_probe.compare.sanity import randomisation_check
 from attn_probe.compare.sinks import attention_sinks
 from attn_probe.findings import verdicts
+from attn_probe.findings.flags import empty_flags, numerical_flags
 from attn_probe.findings.summary import summarise
 from attn_probe.findings.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from attn_probe.methods.base import ExplainContext, Explanation, get_method
@@ -61,6 +65,7 @@ class Assessment:
     thresholds: Thresholds
     settings: dict[str, Any] = field(default_factory=dict)
     captured: AttentionCapture | None = None  # the shared capture, when a method or check made one
+    flags: pd.DataFrame = field(default_factory=empty_flags)  # flags.FLAG_COLUMNS: IG convergence, capture drift
 
     def summary(self, *, by: Sequence[str] = (), slices: pd.DataFrame | None = None) -> pd.DataFrame:
         """:func:`attn_probe.findings.summary.summarise` of these findings."""
@@ -101,8 +106,11 @@ def assess(
     """
     chosen = _check_choices(checks, attention_methods, reference_methods)
     context = ExplainContext(model, inputs, target=target, tokenizer=tokenizer)
-    options = dict(method_options or {})
+    options = {method: dict(values) for method, values in (method_options or {}).items()}
     methods = list(dict.fromkeys([*attention_methods, *reference_methods]))
+    if "integrated_gradients" in methods:  # it warns at the line its results are flagged at, unless told otherwise
+        tolerance = {"delta_tolerance": thresholds.ig_relative_convergence_delta}
+        options["integrated_gradients"] = {**tolerance, **options.get("integrated_gradients", {})}
     explanations = {m: get_method(m)[1](context, **dict(options.get(m, {}))) for m in methods}
     evidence: dict[str, pd.DataFrame] = {}
     found: list[pd.DataFrame] = []
@@ -171,7 +179,8 @@ def assess(
         "seed": seed,
         "target": context.target.descriptions(tokenizer),
     }
-    return Assessment(findings, evidence, explanations, thresholds, settings, context.cached_capture)
+    flags = numerical_flags(explanations, context.cached_capture, thresholds)
+    return Assessment(findings, evidence, explanations, thresholds, settings, context.cached_capture, flags)
 
 
 def _check_choices(checks: Sequence[str], attention: Sequence[str], references: Sequence[str]) -> list[str]:

@@ -35,6 +35,12 @@ _MEANINGS = {
     "position_r2": "position alone 'explains' a head's pattern when the relative-distance profile reaches this R^2",
     "randomisation_rho": "an explanation 'survives randomisation' when its Spearman rho (of |scores|) with the "
     "original after the whole model is randomised is at least this",
+    "ig_relative_convergence_delta": "an integrated-gradients result is flagged when its scores miss f(input) - "
+    "f(baseline) by more than this share of it (its relative convergence delta; also the method's warning line "
+    "unless its delta_tolerance option is given)",
+    "capture_drift": "a batch's attention capture is flagged when its logits differ from those of the model's own "
+    "attention backend by more than this (max absolute difference; for a float16 / bfloat16 model the line is "
+    "raised to 16 units in the last place of the largest logit)",
 }
 
 
@@ -53,6 +59,8 @@ class Thresholds:
     erasure_min_effect: float = 0.05
     position_r2: float = 0.8
     randomisation_rho: float = 0.7
+    ig_relative_convergence_delta: float = 0.05
+    capture_drift: float = 1e-3
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -67,6 +75,9 @@ class Thresholds:
                 raise ValueError(
                     f"threshold {name} is a JSD in nats and must be in [0, ln 2], got {getattr(self, name)}"
                 )
+        for name in ("ig_relative_convergence_delta", "capture_drift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"threshold {name} is a tolerance and must be >= 0, got {getattr(self, name)}")
         for name in ("disagreement_tau", "consensus_tau", "randomisation_rho"):
             if not -1.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"threshold {name} is a correlation and must be in [-1, 1], got {getattr(self, name)}")

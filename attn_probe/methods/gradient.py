@@ -50,6 +50,16 @@ CUDA_BUDGET_FRACTION = 0.5  # of the free CUDA memory, when no budget is given
 # softmax, dropout mask). A fused attention kernel keeps less: the estimate errs on the safe side.
 VALUES_PER_TOKEN_AND_HIDDEN = 17.0
 MAPS_PER_HEAD = 2.5
+# Below this |convergence delta| integrated gradients is converged whatever its relative delta: float rounding of
+# a target that barely changes between baseline and input (f(input) - f(baseline) close to 0).
+ABSOLUTE_DELTA_FLOOR = 1e-6
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """Integrated gradients did not converge: its scores miss f(input) - f(baseline) by more than the tolerance.
+
+    A ``RuntimeWarning``, so filters on that category keep working; :class:`attn_probe.Probe` gathers those of
+    its batches into one warning (the per-example numbers are in its ``flags`` table)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -379,8 +389,11 @@ def integrated_gradients(
 ) -> Explanation:
     """Options: ``n_steps`` and ``method`` (captum's quadrature: ``gausslegendre``, ``riemann_trapezoid``,
     ...); ``internal_batch_size``: rows per forward + backward pass (default: as many as
-    ``memory_budget_bytes`` allows, see :func:`estimate_bytes_per_row`); ``delta_tolerance``: warn when an
-    example's ``|convergence delta|`` exceeds this share of ``|f(input) - f(baseline)|``.
+    ``memory_budget_bytes`` allows, see :func:`estimate_bytes_per_row`); ``delta_tolerance``: warn (a
+    :class:`ConvergenceWarning`, a ``RuntimeWarning``) when an example's ``|convergence delta|`` exceeds this share
+    of ``|f(input) - f(baseline)|`` (and :data:`ABSOLUTE_DELTA_FLOOR`; :func:`not_converged`). Through
+    :func:`attn_probe.findings.assess` its default is the threshold ``ig_relative_convergence_delta``, and every
+    example's delta lands in the ``flags`` table (:mod:`attn_probe.findings.flags`).
 
     ``details``: ``convergence_delta`` ``[batch]`` (sum of the scores minus ``f(input) - f(baseline)``),
     ``relative_convergence_delta``, ``target_at_input``, ``target_at_baseline``, ``baseline_ids``,
@@ -429,7 +442,7 @@ def integrated_gradients(
     at_baseline = evaluate(ctx, ctx.target, {**ctx.inputs, "input_ids": baselines}, rows, forward_rows)
     difference = (at_input - at_baseline).abs()
     relative = delta_t.abs() / difference.clamp_min(1e-12)
-    bad = (relative > delta_tolerance) & (delta_t.abs() > 1e-6)
+    bad = not_converged(delta_t, relative, delta_tolerance)
     if bool(bad.any()):
         worst = int(torch.argmax(torch.where(bad, relative, torch.zeros_like(relative))))
         expected = float(at_input[worst] - at_baseline[worst])
@@ -438,7 +451,7 @@ def integrated_gradients(
             f"scores of example {worst} miss f(input) - f(baseline) = {expected:.4g} "
             f"by {float(delta_t[worst]):.3g} ({float(relative[worst]):.1%}, tolerance {delta_tolerance:.1%}); "
             f"raise n_steps (now {n_steps})",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=2,
         )
     details = {
@@ -460,6 +473,12 @@ def integrated_gradients(
         "delta_tolerance": delta_tolerance,
     }
     return ctx.finish(INTEGRATED_GRADIENTS, scores_t, details=details, options=options)
+
+
+def not_converged(delta: torch.Tensor, relative: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``[batch]`` bool: the examples whose integrated gradients did not converge: a relative convergence delta
+    above ``tolerance`` and an absolute one above :data:`ABSOLUTE_DELTA_FLOOR`."""
+    return (relative > tolerance) & (delta.abs() > ABSOLUTE_DELTA_FLOOR)
 
 
 # ----------------------------------------------------------------------------------------------------

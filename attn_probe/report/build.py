@@ -9,7 +9,9 @@ versions, timing, accuracy); (2) the headline findings in sentences, and where a
 (3) figures (head and method agreement, faithfulness, sinks, attention by distance, counterfactual attention,
 how often each finding holds), each titled with the model and target; (4) a gallery of the examples where
 attention misleads most and where it is faithful, tokens coloured by every method; (5) caveats: what the methods
-assume, how much data there is, and bootstrap intervals (examples resampled) beside the Wilson intervals. A
+assume, whether the numbers can be trusted (integrated gradients' convergence, the capture's drift from the model's
+own attention backend: the ``flags`` table, and which headline numbers rest on a flagged result; the headlines say
+so too), how much data there is, and bootstrap intervals (examples resampled) beside the Wilson intervals. A
 section whose table the run lacks is replaced by a one-line note. Everything taken from the data is escaped.
 """
 
@@ -152,7 +154,17 @@ class _RunData:
         self.methods = [str(m) for m in self.identity.get("methods") or []]
         self._tables: dict[str, pd.DataFrame | None] = {}
         self.method_info = _method_info(self.methods)
+        self.references = [m for m in self.methods if self.method_info[m].get("family") in _REFERENCE_FAMILIES]
         self.context = f"model {self.model}; target: {self.target}; {self.n_examples} examples"
+        self._dependence: pd.DataFrame | None = None
+
+    def dependence(self) -> pd.DataFrame:
+        """Per headline, the judged cases resting on a flagged result (:func:`attn_probe.findings.flag_dependence`)."""
+        if self._dependence is None:
+            from attn_probe.findings.flags import flag_dependence
+
+            self._dependence = flag_dependence(self.table("findings"), self.table("flags"), self.references)
+        return self._dependence
 
     def table(self, name: str) -> pd.DataFrame | None:
         if name not in self._tables:
@@ -208,6 +220,7 @@ def _what_was_run(data: _RunData) -> Section:
     ]
     if identity.get("options"):
         facts.append(("Method options", _compact(identity["options"])))
+    facts.append(("Numerical checks", _numerical_fact(data)))
     blocks: list[Block] = [Facts(facts)]
     examples = data.table("examples")
     if examples is not None and not examples.empty:
@@ -311,7 +324,13 @@ def _headlines(data: _RunData) -> Section:
             "could be judged, with a 95% Wilson interval; the rest of those cases are where it does not hold."
         )
     )
-    section.blocks.append(Bullets(headlines(summary)))
+    dependence = data.dependence()
+    if not dependence.empty:
+        section.blocks.append(Paragraph(_caution(data, dependence)))
+    ordered = summary.dropna(subset=["share"]).sort_values(["share", "n_assessable"], ascending=[False, False])
+    section.blocks.append(
+        Bullets([_with_dependence(headlines(pd.DataFrame([row]))[0], row, dependence) for _, row in ordered.iterrows()])
+    )
     section.blocks.append(Heading("Where attention is a fair explanation"))
     fair = summary.dropna(subset=["share"])
     fair = fair[fair["share"] < 0.5].sort_values(["share", "n_assessable"], ascending=[True, False])
@@ -328,7 +347,7 @@ def _headlines(data: _RunData) -> Section:
         )
         items = []
         for _, row in fair.iterrows():
-            sentence = headlines(pd.DataFrame([row]))[0]
+            sentence = _with_dependence(headlines(pd.DataFrame([row]))[0], row, dependence)
             passes = int(row["n_assessable"] - row["n_holds"])
             items.append(f"passes in {passes} of {int(row['n_assessable'])}: {sentence}")
         section.blocks.append(Bullets(items))
@@ -791,6 +810,7 @@ def _caveats(data: _RunData, *, resamples: int, seed: int) -> Section:
         )
     else:
         section.blocks.append(_note("The manifest lists no methods."))
+    section.blocks += _numerical_checks(data)
     section.blocks.append(Heading("How much data"))
     status = data.manifest.get("status")
     lines = [f"{data.n_examples} examples are in this report."]
@@ -849,6 +869,207 @@ def _caveats(data: _RunData, *, resamples: int, seed: int) -> Section:
         )
     )
     return section
+
+
+def _numerical_checks(data: _RunData) -> list[Block]:
+    """Whether the numbers can be trusted: each integrated-gradients method's convergence, the capture's drift
+    from the model's own attention backend, and the headline numbers that rest on a flagged result."""
+    blocks: list[Block] = [Heading("Numerical checks: integrated gradients' convergence and the capture's drift")]
+    flags = data.table("flags")
+    if flags is None:
+        blocks.append(
+            _note(
+                "Not recorded: the run has no flags table (it was made before attn_probe recorded them), so "
+                "neither integrated gradients' convergence nor the capture's drift can be reported."
+            )
+        )
+        return blocks
+    lines = [*_convergence_lines(data, flags), _drift_line(flags)]
+    blocks.append(Bullets(lines))
+    dependence = data.dependence()
+    if dependence.empty:
+        blocks.append(Paragraph("No headline number rests on a flagged result."))
+        return blocks
+    findings = data.table("findings")
+    resting = int(dependence["n_resting"].sum())
+    judged = int(findings["holds"].notna().sum()) if findings is not None else 0
+    blocks.append(
+        Paragraph(
+            f"Headline numbers that rest on a flagged result: {resting} of the {judged} judged finding rows. Each "
+            "row below is a headline (section 2) with the judged cases that rest on a flagged result on their "
+            "example (a finding judged against a flagged reference method, or about attention read from a capture "
+            "that drifted), and the headline without them."
+        )
+    )
+    rows = []
+    for _, row in dependence.iterrows():
+        without = (
+            f"{int(row['n_holds_without'])} / {int(row['n_assessable_without'])} ({row['share_without']:.0%})"
+            if row["n_assessable_without"]
+            else "nothing left"
+        )
+        rows.append(
+            [
+                str(row["finding"]),
+                str(row["subject"]) if isinstance(row["subject"], str) else "-",
+                str(row["level"]),
+                f"{int(row['n_resting'])} of {int(row['n_assessable'])}",
+                str(row["resting_on"]),
+                without,
+            ]
+        )
+    blocks.append(
+        Table(
+            [
+                "finding",
+                "subject",
+                "judged per",
+                "cases on flagged results",
+                "flagged result",
+                "holds / judged without them",
+            ],
+            rows,
+            caption="Flagged results: a method named here did not converge on those examples; capture drift: the "
+            "attention was read from a forward pass whose logits differ from the model's own.",
+        )
+    )
+    return blocks
+
+
+def _convergence_lines(data: _RunData, flags: pd.DataFrame) -> list[str]:
+    from attn_probe.findings.flags import IG_CHECK
+
+    rows = flags[flags["check"] == IG_CHECK]
+    lines = []
+    for method, group in rows.groupby("method", sort=True):
+        threshold = float(group["threshold"].max())
+        flagged = group[group["flagged"].astype(bool)]
+        values = group["value"].astype(float)
+        largest = "not finite" if not np.isfinite(values).all() else f"{values.max():.1%}"
+        n = int(group["example_id"].nunique())
+        if flagged.empty:
+            lines.append(
+                f"{method} converged on all {n} examples: its relative convergence delta (how far the sum of its "
+                f"scores is from f(input) - f(baseline), as a share of it) is at most {largest}, within the "
+                f"threshold {threshold:.1%}."
+            )
+            continue
+        ids = sorted({int(i) for i in flagged["example_id"]})
+        lines.append(
+            f"{method} did not converge on {len(ids)} of {n} examples (relative convergence delta above "
+            f"{threshold:.1%}, up to {largest}): examples {_id_list(ids)}. Its scores there do not add up to the "
+            "change of the target between the baseline and the input, so the findings judged against it on those "
+            "examples (listed below) are less reliable; raise its n_steps and rerun."
+        )
+    recorded = set(rows["method"].astype(str))
+    for method in data.methods:
+        if method == "integrated_gradients" and method not in recorded:
+            lines.append(f"{method}: its convergence delta was not recorded in this run.")
+    return lines
+
+
+def _drift_line(flags: pd.DataFrame) -> str:
+    from attn_probe.findings.flags import DRIFT_CHECK, max_drift
+
+    rows = flags[flags["check"] == DRIFT_CHECK]
+    if rows.empty:
+        return "The capture's drift from the model's own attention backend was not measured in this run."
+    largest = max_drift(flags)
+    threshold = float(rows["threshold"].min())
+    flagged = rows[rows["flagged"].astype(bool)]
+    if flagged.empty:
+        return (
+            f"The attention capture matches the model's own attention backend: the largest difference of their "
+            f"logits is {largest:.2g} (threshold {threshold:.0e}), over {rows['example_id'].nunique()} examples."
+        )
+    ids = sorted({int(i) for i in flagged["example_id"]})
+    return (
+        f"The attention capture drifted from the model's own attention backend on {len(ids)} of "
+        f"{rows['example_id'].nunique()} examples (their batches' logits differ by up to {largest:.2g}, threshold "
+        f"{threshold:.0e}): examples {_id_list(ids)}. The attention weights read there come from a forward pass "
+        "whose output is not quite the model's, so every finding about attention on those examples rests on them."
+    )
+
+
+def _numerical_fact(data: _RunData) -> str:
+    from attn_probe.findings.flags import DRIFT_CHECK, IG_CHECK, max_drift
+
+    flags = data.table("flags")
+    if flags is None:
+        return "not recorded (no flags table)"
+    parts = []
+    for method, group in flags[flags["check"] == IG_CHECK].groupby("method", sort=True):
+        bad = int(group.loc[group["flagged"].astype(bool), "example_id"].nunique())
+        n = int(group["example_id"].nunique())
+        parts.append(f"{method} did not converge on {bad} of {n} examples" if bad else f"{method} converged ({n})")
+    drift = flags[flags["check"] == DRIFT_CHECK]
+    if drift.empty:
+        parts.append("capture drift not measured")
+    else:
+        bad = int(drift.loc[drift["flagged"].astype(bool), "example_id"].nunique())
+        parts.append(
+            f"capture drift up to {max_drift(flags):.2g}" + (f", above its threshold on {bad} examples" if bad else "")
+        )
+    return "; ".join(parts) + " (see Caveats)"
+
+
+def _caution(data: _RunData, dependence: pd.DataFrame) -> str:
+    names = sorted({name for text in dependence["resting_on"] for name in str(text).split(", ")})
+    flags = data.table("flags")
+    what = []
+    for name in names:
+        if name == "capture drift":
+            from attn_probe.findings.flags import DRIFT_CHECK
+
+            rows = flags[(flags["check"] == DRIFT_CHECK) & flags["flagged"].astype(bool)]
+            what.append(f"the attention capture drifted from the model's backend on {rows['example_id'].nunique()}")
+        else:
+            from attn_probe.findings.flags import IG_CHECK
+
+            rows = flags[(flags["check"] == IG_CHECK) & (flags["method"] == name) & flags["flagged"].astype(bool)]
+            what.append(f"{name} did not converge on {rows['example_id'].nunique()}")
+    resting = int(dependence["n_resting"].sum())
+    return (
+        f"Caution: {' and '.join(what)} of the {data.n_examples} examples, and {resting} of the judged cases behind "
+        "these headlines rest on those results; each headline that leans on them says how many, and what it comes "
+        "to without them (see Caveats: numerical checks)."
+    )
+
+
+def _with_dependence(sentence: str, row: pd.Series, dependence: pd.DataFrame) -> str:
+    """``sentence`` (a headline of ``row``), with the count of its cases that rest on a flagged result."""
+    if dependence.empty:
+        return sentence
+    subject = row["subject"] if isinstance(row["subject"], str) else None
+    match = dependence[
+        (dependence["finding"] == row["finding"])
+        & (dependence["level"] == row["level"])
+        & dependence["subject"].apply(lambda s: (s if isinstance(s, str) else None) == subject)
+    ]
+    if match.empty:
+        return sentence
+    found = match.iloc[0]
+    without = (
+        f"without them it holds in {int(found['n_holds_without'])} of {int(found['n_assessable_without'])}"
+        if found["n_assessable_without"]
+        else "nothing is left without them"
+    )
+    names = str(found["resting_on"]).split(", ")
+    results = [
+        "a capture that drifted from the model's backend"
+        if name == "capture drift"
+        else f"{name} results that did not converge"
+        for name in names
+    ]
+    return (
+        f"{sentence} [flagged: {int(found['n_resting'])} of these {int(found['n_assessable'])} cases rest on "
+        f"{' or '.join(results)}; {without}]"
+    )
+
+
+def _id_list(ids: Sequence[int], shown: int = 10) -> str:
+    text = ", ".join(str(i) for i in ids[:shown])
+    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -268,3 +268,16 @@ def test_gradient_methods_on_the_offline_real_models(name, recwarn):
             # 300): its target jumps by ~2 nats between alphas 0.0025 apart near alpha = 0.23 on the straight
             # path from the <|im_end|> baseline (float64 too). The check reports it; that is its job.
     assert gradient_methods.model_dims(ctx)[0] == loaded.model.config.num_hidden_layers
+
+
+def test_integrated_gradients_warns_a_convergence_warning_at_the_rounding_floor():
+    model, inputs = build("llama"), batch("llama")
+    ctx = ExplainContext(model, inputs)
+    with pytest.warns(gradient_methods.ConvergenceWarning, match="raise n_steps") as caught:
+        result = integrated_gradients(ctx, n_steps=2, method="riemann_right", delta_tolerance=0.0)
+    assert issubclass(caught[0].category, RuntimeWarning)  # filters on RuntimeWarning still catch it
+    delta, relative = result.details["convergence_delta"], result.details["relative_convergence_delta"]
+    flagged = gradient_methods.not_converged(delta, relative, 0.0)
+    assert torch.equal(flagged, delta.abs() > gradient_methods.ABSOLUTE_DELTA_FLOOR)
+    tiny = torch.tensor([1e-8, 1e-3])  # a huge relative delta of a target that barely moves is rounding
+    assert gradient_methods.not_converged(tiny, torch.tensor([50.0, 50.0]), 0.05).tolist() == [False, True]
