@@ -502,7 +502,8 @@ def _with_drift(
     if assessment.captured is not None:
         return assessment.captured
     captured = capture(model, batch, keep_values=False)
-    drift = drift_flags(len(batch), captured.drift, thresholds, captured.logits)
+    measured = captured.drift_per_example if captured.drift_per_example is not None else captured.drift
+    drift = drift_flags(len(batch), measured, thresholds, captured.logits)
     assessment.flags = concat_flags([assessment.flags, drift])
     return captured
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 
 from attn_probe.findings import FLAG_COLUMNS
 from attn_probe.findings.flags import DRIFT_CHECK, IG_CHECK, IG_DELTA
@@ -54,10 +55,12 @@ def test_unconverged_ig_is_flagged_per_example_with_one_warning_for_all_batches(
     assert caught[0].filename == __file__  # it points at the caller
 
 
-def test_capture_drift_is_measured_per_batch(unconverged):
+def test_capture_drift_is_measured_per_example(unconverged):
     result, _ = unconverged
-    drift = result.flags[result.flags["check"] == DRIFT_CHECK]
-    assert sorted(drift["example_id"]) == [0, 1, 2, 3] and (drift["scope"] == "batch").all()
+    drift = result.flags[result.flags["check"] == DRIFT_CHECK].sort_values("example_id")
+    assert drift["example_id"].tolist() == [0, 1, 2, 3] and (drift["scope"] == "example").all()
+    measured = torch.cat([a.captured.drift_per_example for a in result.assessments])
+    assert drift["value"].to_numpy() == pytest.approx(measured.numpy())
     assert result.drift == pytest.approx(max(a.captured.drift for a in result.assessments))
     assert result.drift < 1e-3 and not drift["flagged"].any()
 
@@ -118,4 +121,6 @@ def test_a_batch_without_a_shared_capture_still_measures_drift(probe, tiny_bert,
     captured = _with_drift(tiny_bert, batch, bare, Thresholds())
     assert captured.weights.shape[0] == 2
     drift = bare.flags[bare.flags["check"] == DRIFT_CHECK]
-    assert sorted(drift["example_id"]) == [0, 1] and drift["value"].iloc[0] == pytest.approx(captured.drift)
+    assert sorted(drift["example_id"]) == [0, 1]
+    assert drift.sort_values("example_id")["value"].to_numpy() == pytest.approx(captured.drift_per_example.numpy())
+    assert drift["value"].max() == pytest.approx(captured.drift)

@@ -63,6 +63,7 @@ class AttentionCapture:
     mechanism: str  # "ours", "interface" or "native"
     backend: str  # the attention implementation the model was loaded with
     drift: float | None = None  # max |logits(model's own backend) - logits(capture)|; None if not measured
+    drift_per_example: torch.Tensor | None = None  # [batch] the same maximum, per example
     batch: TokenizedBatch | None = None  # tokens, special-token mask and words, when the inputs came from tokenize()
 
     @property
@@ -112,11 +113,14 @@ def capture(
     logits = _logits_of(outputs)
     stacks = _assemble(model, recorder.records)
     check_finite(model, stacks, logits, attention_mask, family.main_stack)
-    drift = None
+    drift, drift_per_example = None, None
     if measure_drift and not edits and logits is not None:
         with torch.no_grad():
             own = _logits_of(model(**model_inputs))
-        drift = float((own.float() - logits.detach().float()).abs().max()) if own is not None else None
+        if own is not None:
+            difference = (own.float() - logits.detach().float()).abs()
+            drift_per_example = difference.reshape(difference.shape[0], -1).amax(dim=1).cpu()  # [batch]
+            drift = float(drift_per_example.max())
     return AttentionCapture(
         stacks=stacks,
         main_stack=family.main_stack,
@@ -128,6 +132,7 @@ def capture(
         mechanism=family.mechanism,
         backend=_backend_of(model, family),
         drift=drift,
+        drift_per_example=drift_per_example,
         batch=inputs if isinstance(inputs, TokenizedBatch) else None,
     )
 

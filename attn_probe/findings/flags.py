@@ -13,7 +13,8 @@ check                              value                                        
 ``ig_convergence_delta``           the same delta, signed and absolute, for the record (never   (not flagged)
                                    flagged itself: its relative form is)
 ``capture_drift``                  max ``|logits(model's own backend) - logits(capture)|`` of   ``capture_drift``
-                                   the example's batch (``scope="batch"``): how far the
+                                   the example (``scope="example"``; ``"batch"``: the batch's
+                                   maximum, when only that was measured): how far the
                                    eager pass whose attention is read is from the model's own
 =================================  ==========================================================  =================
 
@@ -110,20 +111,24 @@ def drift_threshold(thresholds: Thresholds = DEFAULT_THRESHOLDS, logits: torch.T
 
 def drift_flags(
     n_examples: int,
-    drift: float | None,
+    drift: float | Sequence[float] | torch.Tensor | None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     logits: torch.Tensor | None = None,
 ) -> pd.DataFrame:
-    """One row per example of a batch whose capture drift was measured (none when ``drift`` is None)."""
+    """One row per example of a batch whose capture drift was measured (none when ``drift`` is None). ``drift``:
+    one value per example (``AttentionCapture.drift_per_example``; scope ``"example"``), or the batch's maximum
+    for every example (scope ``"batch"``)."""
     if drift is None:
         return empty_flags()
     line = drift_threshold(thresholds, logits)
-    value = float(drift)
-    flagged = not math.isfinite(value) or value > line
+    per_example = not isinstance(drift, int | float)
+    values = [float(v) for v in drift] if per_example else [float(drift)] * n_examples
+    if len(values) != n_examples:
+        raise ValueError(f"{len(values)} drift values for a batch of {n_examples} examples")
     rows = [
-        {"example_id": example, "method": None, "check": DRIFT_CHECK, "scope": "batch", "value": value,
-         "threshold": line, "flagged": flagged}
-        for example in range(n_examples)
+        {"example_id": example, "method": None, "check": DRIFT_CHECK, "scope": "example" if per_example else "batch",
+         "value": value, "threshold": line, "flagged": not math.isfinite(value) or value > line}
+        for example, value in enumerate(values)
     ]  # fmt: skip
     return _frame(rows)
 
@@ -136,7 +141,9 @@ def numerical_flags(
     parts = [convergence_flags(explanations, thresholds)]
     if captured is not None and getattr(captured, "drift", None) is not None:
         n_examples = int(captured.input_ids.shape[0])
-        parts.append(drift_flags(n_examples, captured.drift, thresholds, getattr(captured, "logits", None)))
+        drift = getattr(captured, "drift_per_example", None)
+        drift = captured.drift if drift is None else drift
+        parts.append(drift_flags(n_examples, drift, thresholds, getattr(captured, "logits", None)))
     return concat_flags(parts)
 
 

@@ -54,6 +54,8 @@ def test_drift_is_flagged_per_batch_and_the_line_follows_half_precision():
     assert list(flags["example_id"]) == [0, 1, 2] and flags["flagged"].all()
     assert (flags["check"] == DRIFT_CHECK).all() and (flags["scope"] == "batch").all() and flags["method"].isna().all()
     assert not drift_flags(2, 5e-4, Thresholds())["flagged"].any()
+    per_example = numerical_flags({}, SimpleNamespace(**vars(captured), drift_per_example=torch.tensor([0, 2e-3, 0])))
+    assert per_example["flagged"].tolist() == [False, True, False] and (per_example["scope"] == "example").all()
     assert drift_flags(2, None, Thresholds()).empty  # not measured: no rows, not a pass
     logits = torch.tensor([[8.0, -3.0]], dtype=torch.float16)
     line = DRIFT_ROUNDING_ULPS * torch.finfo(torch.float16).eps * 8.0
