@@ -305,13 +305,35 @@ def _summary_text(run) -> str:
         return "no findings in this run (was it run with any checks?)"
     summary = summarise(findings)
     lines = ["What the run found (each line: how often the finding holds; the rest is where it does not):"]
+    if run.status != "complete":
+        lines.insert(0, f"(run not complete: {len(run.done())} examples so far; rerun its command to finish it)")
     lines += [f"  - {sentence}" for sentence in headlines(summary)]
+    lines += _numerical_checks(run.manifest.get("extra") or {})
     identity = run.identity
     lines.append(
         f"\nmodel {identity.get('model')}; methods {', '.join(identity.get('methods', []))}; checks "
         f"{', '.join(identity.get('checks', []))}; thresholds in the manifest ({run.path / 'manifest.json'})"
     )
     return "\n".join(lines)
+
+
+def _numerical_checks(extra: dict) -> list[str]:
+    """The run's numerical checks in words (from the manifest): integrated gradients' convergence, capture drift."""
+    lines = []
+    for method, check in (extra.get("ig_convergence") or {}).items():
+        if check.get("flagged_examples"):
+            lines.append(
+                f"  ! {method} did not converge on {check['flagged_examples']} of {check['examples']} examples "
+                f"(relative convergence delta up to {check['max_relative_convergence_delta']:.1%}, threshold "
+                f"{check['threshold']:.1%}): findings judged against it there are less reliable (the report lists them)"
+            )
+    drift = extra.get("capture_drift") or {}
+    if drift.get("flagged_examples"):
+        lines.append(
+            f"  ! the attention capture drifted from the model's own backend on {drift['flagged_examples']} of "
+            f"{drift['measured_examples']} examples (up to {drift['max']}, threshold {drift['threshold']})"
+        )
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -273,3 +273,20 @@ def test_dashboard_refuses_a_port_out_of_range(port, capsys):
         main(["dashboard", "--port", port])
     assert exit_info.value.code == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_summary_names_the_numerical_checks_that_failed():
+    extra = {
+        "ig_convergence": {
+            "integrated_gradients": {
+                "max_relative_convergence_delta": 0.25, "threshold": 0.05, "flagged_examples": 3, "examples": 4,
+            }
+        },
+        "capture_drift": {"max": 0.02, "threshold": 0.001, "flagged_examples": 2, "measured_examples": 4},
+    }  # fmt: skip
+    ig, drift = cli._numerical_checks(extra)
+    assert "integrated_gradients did not converge on 3 of 4 examples" in ig and "25.0%, threshold 5.0%" in ig
+    assert "drifted from the model's own backend on 2 of 4 examples (up to 0.02, threshold 0.001)" in drift
+    passed = {**extra, "capture_drift": {**extra["capture_drift"], "flagged_examples": 0}}
+    passed["ig_convergence"]["integrated_gradients"]["flagged_examples"] = 0
+    assert cli._numerical_checks(passed) == []

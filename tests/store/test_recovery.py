@@ -1,7 +1,9 @@
 """Interrupted and damaged runs: leftovers removed, damaged chunks detected and redone, kill -9 resumed."""
 
+import builtins
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,22 +17,9 @@ import pandas as pd
 import pytest
 
 from attn_probe.store import CorruptChunkError, Run, StoreWarning, load_run
-from tests.store.synthetic import IDENTITY, chunk_tables, expected_table
+from tests.store.synthetic import IDENTITY, chunk_tables, expected_table, flip_byte, three_chunks
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def three_chunks(path: Path, samples: bool = False) -> None:
-    with Run.open(path, IDENTITY) as run:
-        for ids in ([0, 1], [2, 3], [4, 5]):
-            extra = {"attention": {ids[0]: np.full((1, 1, 2, 2), 0.5)}} if samples else None
-            run.write(ids, chunk_tables(ids), samples=extra)
-
-
-def flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def redo(path: Path, match: str) -> Run:
@@ -99,7 +88,7 @@ def test_damaged_commit_record_is_detected(tmp_path):
     three_chunks(tmp_path / "other")
     record = tmp_path / "other" / "chunks" / "000001.json"
     record.write_text(record.read_text()[:50])
-    redo(tmp_path / "other", "its record is unreadable").close()
+    redo(tmp_path / "other", r"its record is not a JSON object \(cut short").close()
 
 
 def test_corrupt_sample_sends_its_chunk_back(tmp_path):
@@ -146,12 +135,23 @@ def test_half_written_leftovers_are_ignored_then_removed(tmp_path):
 
 WRITER = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
 
     from attn_probe.store import Run
     from tests.store.synthetic import IDENTITY, chunk_tables
 
     path, n_examples, chunk_size, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    if len(sys.argv) > 5:  # "<path suffix>:before|after": kill -9 this process at that rename of an atomic write
+        target, moment = sys.argv[5].rsplit(":", 1)
+        real_replace = os.replace
+        def replace(source, destination):
+            hit = os.fspath(destination).endswith(target)
+            if hit and moment == "before":
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_replace(source, destination)
+            if hit and moment == "after":
+                os.kill(os.getpid(), signal.SIGKILL)
+        os.replace = replace
     if pause:  # widen the windows inside and between file writes, where a kill leaves a half-written chunk
         real_fsync = os.fsync
         def slow_fsync(fd):
@@ -230,3 +230,139 @@ def test_kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert resumed.verify() == []
     leftovers = [p for p in interrupted.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    ("target", "moment", "committed"),
+    [
+        ("tables/scores/000003.parquet", "after", 6),  # a whole table file of chunk 3, no record
+        ("samples/attention/6.npy", "before", 6),  # chunk 3's tables written, its sample a temporary file
+        ("chunks/000003.json", "before", 6),  # every file of chunk 3 written, its record a temporary file
+        ("chunks/000003.json", "after", 8),  # committed; the manifest not yet updated
+    ],
+    ids=["after-a-table", "inside-a-sample", "before-the-record", "after-the-record"],
+)
+def test_kill_9_at_each_step_of_a_commit(tmp_path, target, moment, committed):
+    """A kill between a chunk's files and its commit record (or inside either) never yields a chunk that is
+    not complete: readers see the chunks before it, whole, and the next writer removes what is left."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    root = tmp_path / "run"
+    command = [sys.executable, str(script), str(root), "10", "2", "0", f"{target}:{moment}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
+    if moment == "before":
+        assert any(name.endswith(".tmp") and target.rsplit("/", 1)[1] in name for name in left)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an interrupted write is not damage
+        reader = load_run(root)
+    assert reader.status == "running"
+    assert reader.done() == set(range(committed))
+    assert reader.verify() == []
+    for name in ("scores", "heads"):
+        pd.testing.assert_frame_equal(reader.table(name), expected_table(name, list(range(committed))))
+    assert reader.samples("attention") == [i for i in range(committed) if i % 6 == 0]
+    assert reader.manifest["counts"]["examples"] <= committed  # the manifest never runs ahead of the records
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run = Run.open(root, IDENTITY)
+    with run:
+        todo = sorted(set(range(10)) - run.done())
+        for start in range(0, len(todo), 2):
+            ids = todo[start : start + 2]
+            run.write(
+                ids,
+                chunk_tables(ids),
+                samples={"attention": {i: [[float(i), 0.5], [0.25, 1.0]] for i in ids if i % 6 == 0}},
+            )
+        run.finish()
+    resumed = load_run(root)
+    assert resumed.verify() == []
+    for name in ("scores", "heads"):
+        pd.testing.assert_frame_equal(resumed.table(name), expected_table(name, list(range(10))))
+    referenced = {stored.path for chunk in resumed._chunks.values() for stored in chunk.files()}
+    on_disk = {
+        path.relative_to(root).as_posix()
+        for folder in ("tables", "samples")
+        for path in (root / folder).rglob("*")
+        if path.is_file()
+    }
+    assert on_disk == referenced  # nothing of the interrupted write is left
+    assert not [path for path in root.rglob("*") if path.name.endswith(".tmp")]
+
+
+def test_every_file_is_written_to_a_temporary_fsynced_and_renamed(tmp_path, monkeypatch):
+    """Audit every write of a run's life (create, chunks with samples, finish, resume, repair): each file is
+    written to a temporary file beside it, fsynced, renamed onto its name, and its folder fsynced; a chunk's
+    record is renamed after all its files, the manifest after the record."""
+    root = (tmp_path / "run").resolve()
+    events: list[tuple[str, str]] = []
+    fds: dict[int, str] = {}
+    real_open, real_fsync, real_replace, real_builtin_open = os.open, os.fsync, os.replace, builtins.open
+
+    def inside(path) -> str | None:
+        if isinstance(path, int):
+            return None
+        resolved = Path(os.fspath(path)).resolve()
+        return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else None
+
+    def spy_open(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        relative = inside(path)
+        if relative is not None:
+            fds[fd] = relative
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                events.append(("write", relative))
+        return fd
+
+    def spy_fsync(fd):
+        real_fsync(fd)
+        if fd in fds:
+            events.append(("fsync", fds[fd]))
+
+    def spy_replace(source, destination):
+        real_replace(source, destination)
+        if inside(destination) is not None:
+            events.append(("rename", f"{inside(source)} -> {inside(destination)}"))
+
+    def spy_builtin_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+") and inside(file) is not None:
+            events.append(("write", inside(file)))
+        return real_builtin_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    monkeypatch.setattr(builtins, "open", spy_builtin_open)
+    three_chunks(root, samples=True)
+    with Run.open(root, IDENTITY) as run:
+        run.write([6], chunk_tables([6]), samples={"attention": {6: np.ones((1, 1, 2, 2))}})
+        run.finish()
+    monkeypatch.undo()
+
+    temporary = re.compile(r"^(?P<folder>(.*/)?)\.(?P<name>[^/]+)\.[a-z0-9_]+\.tmp$")
+    renamed: dict[str, int] = {}
+    for index, (kind, what) in enumerate(events):
+        if kind == "write":
+            assert what == ".lock" or temporary.match(what), f"{what} written in place"
+        if kind == "rename":
+            source, destination = what.split(" -> ")
+            match = temporary.match(source)
+            assert match and match["folder"] + match["name"] == destination, what
+            assert ("fsync", source) in events[:index], f"{source} renamed before it was fsynced"
+            folder = destination.rsplit("/", 1)[0] if "/" in destination else "."
+            assert ("fsync", folder) in events[index:], f"{folder} not fsynced after {destination}"
+            renamed[destination] = index
+    on_disk = {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()} - {".lock"}
+    assert on_disk <= set(renamed), on_disk - set(renamed)  # every file arrived by a rename
+    manifest_renames = [index for index, (kind, what) in enumerate(events) if what.endswith("-> manifest.json")]
+    records = sorted(name for name in renamed if name.startswith("chunks/"))
+    assert len(records) == 4 and len(manifest_renames) >= 6  # what was audited: 4 chunks, a manifest per step
+    for record in records:
+        chunk = json.loads((root / record).read_text())
+        files = [stored["path"] for stored in chunk["tables"].values()]
+        files += [stored["path"] for by_id in chunk["samples"].values() for stored in by_id.values()]
+        assert all(renamed[path] < renamed[record] for path in files), record  # the record comes last
+        assert any(index > renamed[record] for index in manifest_renames)

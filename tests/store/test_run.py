@@ -140,9 +140,9 @@ def test_not_a_run(tmp_path):
 def test_damaged_manifest_is_refused(tmp_path):
     Run.open(tmp_path / "run", IDENTITY).close()
     (tmp_path / "run" / "manifest.json").write_text('{"format": "attn_probe.run", "ident')
-    with pytest.raises(NotARunError, match="unreadable"):
+    with pytest.raises(NotARunError, match=r"manifest\.json is not valid JSON \(damaged.*restore it from a backup"):
         load_run(tmp_path / "run")
-    with pytest.raises(NotARunError, match="unreadable"):
+    with pytest.raises(NotARunError, match="not valid JSON"):
         Run.open(tmp_path / "run", IDENTITY)
 
 
