@@ -173,8 +173,11 @@ class MultiHeadAttention(nn.Module):
             weights_out = None
         else:
             allowed = combine_masks(mask, causal, batch, num_queries, num_keys, q.device)  # [b|1, h|1, q, k]
-            # Rows with no key to attend to exist only under a user mask (causality keeps the diagonal).
-            no_key = _rows_without_keys(allowed) if mask is not None else None  # [b|1, h|1, q, 1] or None
+            # Rows with no key to attend to come from a user mask, or from causality with more queries than keys
+            # (the queries are the last positions, so the first q - k precede every key and would softmax to
+            # NaN); causality alone with q <= k keeps each query's diagonal.
+            may_lack_keys = mask is not None or (causal and num_queries > num_keys)
+            no_key = _rows_without_keys(allowed) if may_lack_keys else None  # [b|1, h|1, q, 1] or None
             if explicit:
                 head_output, weights = self._explicit(
                     q_rotated, k_rotated, v, position_term, allowed, no_key, query_positions, key_positions

@@ -99,8 +99,8 @@ LEAVE_ONE_OUT_DROP = MethodInfo(
     description="Deletion of one token at a time: the sequence shortened by that token (later tokens shift "
     "left, the attention mask is one shorter), the change of the target recorded. A language model's target "
     "is read at the same token as before (one column to the left when the deleted token came before it; at "
-    "the previous token when the deleted token was the predicting one). Special tokens and padding are not "
-    "deleted (score 0).",
+    "the previous token when the deleted token was the predicting one). Special tokens, padding and an "
+    "example's only token (nothing would be left to run) are not deleted (score 0).",
     reference="Li, Monroe & Jurafsky 2016, Understanding Neural Networks through Representation Erasure",
 )
 
@@ -125,9 +125,16 @@ def leave_one_out_drop(
     real = mask.bool()
 
     sources, columns, dropped, positions = [], [], [], []  # one entry per variant
+    variants = torch.zeros(batch, dtype=torch.long)
     for i in range(batch):
         cols = torch.nonzero(real[i]).flatten()
+        if len(cols) < 2:
+            # Deleting an example's only token leaves no input: a batch of such variants has width 0 (the model
+            # fails), and beside longer ones it is an all-padding row whose output means nothing (and that an
+            # example alone never sees). The token is not deleted, like a special token (score 0).
+            continue
         for j in torch.nonzero(movable[i, cols]).flatten().tolist():
+            variants[i] += 1
             sources.append(i)
             columns.append(torch.cat([cols[:j], cols[j + 1 :]]))
             dropped.append((i, int(cols[j])))
@@ -161,7 +168,7 @@ def leave_one_out_drop(
     return ctx.finish(
         LEAVE_ONE_OUT_DROP,
         scores,
-        details={"batch_size": per_pass, "variants": movable.sum(dim=1).cpu(), "padding_side": side},
+        details={"batch_size": per_pass, "variants": variants, "padding_side": side},
         options={"batch_size": batch_size, "memory_budget_bytes": memory_budget_bytes},
     )
 
