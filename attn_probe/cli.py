@@ -3,6 +3,7 @@
     attn-probe demo                       the main job on the embedded default: minilm-sentiment on a sample of
                                           held-out Rotten Tomatoes snippets, into runs/demo, headline findings
     attn-probe run --model M --data D --out DIR [--methods ...] [--limit N] [--batch-size B]
+                   [--engine ray [--address A] [--workers N] [--gpus-per-worker G]]
     attn-probe summary DIR                the findings of a run, in sentences and as a table
     attn-probe analysis NAME [--smoke]    one of the studies in analyses/ (run from the repository root)
     attn-probe report DIR [--out OUT] [--format html|md|both]   the analysis report of a run (HTML + Markdown)
@@ -46,6 +47,8 @@ def _run(args: argparse.Namespace) -> int:
         args.model, args.data, args.out, methods=args.methods, checks=args.checks, limit=args.limit,
         batch_size=args.batch_size, text_column=args.text_column, label_column=args.label_column,
         max_length=args.max_length, sample=args.sample, seed=args.seed, progress=not args.quiet,
+        engine={"engine": args.engine, "address": args.address, "workers": args.workers,
+                "gpus_per_worker": args.gpus_per_worker},
     )  # fmt: skip
     print(f"wrote {run.path} ({len(run.done())} examples): read it with attn_probe.load_run('{run.path}')")
     print(_summary_text(run))
@@ -268,6 +271,7 @@ def _probe_dataset(
     sample: int,
     seed: int,
     progress: bool,
+    engine: dict | None = None,
 ):
     from attn_probe.data import load_texts
     from attn_probe.data.builtin import builtin_dataset, is_builtin
@@ -284,6 +288,11 @@ def _probe_dataset(
             raise ValueError(f"--data {data}: no such file, and not a built-in dataset (rotten_tomatoes, agreement)")
     # The data is read and checked before the model is loaded: a typo in a column name costs no model load.
     texts = load_texts(source, text_column=text_column, label_column=label_column, limit=limit)
+    engine = engine or {"engine": "local"}
+    if engine["engine"] == "ray":
+        from attn_probe.engines.ray_engine import check_ray
+
+        check_ray()  # nor does a missing Ray
     if not progress:
         from transformers.utils import logging as transformers_logging
 
@@ -293,7 +302,7 @@ def _probe_dataset(
     return probe.run(
         texts, out, methods=methods, target=target, checks=checks or DEFAULT_CHECKS, batch_size=batch_size,
         label_column="label" if label_column else None, max_length=max_length, sample=sample, seed=seed,
-        progress=progress,
+        progress=progress, **engine,
     )  # fmt: skip
 
 
@@ -385,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sample", type=int, default=8, help="examples whose full attention is kept (default 8)")
     run.add_argument("--seed", type=int, default=0, help="seed of permutations, random orders, samples")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local: this process; ray: batches shared among Ray workers (pip install 'attn_probe[ray]')",
+    )  # fmt: skip
+    run.add_argument("--address", help="Ray cluster to join (e.g. auto, ray://head:10001; default: a local Ray)")
+    run.add_argument("--workers", type=_positive_int, help="Ray workers, each loading the model once (default: 1/CPU)")
+    run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 0)")
     run.set_defaults(handler=_run)
 
     analysis = commands.add_parser(

@@ -121,6 +121,39 @@ class ProbeResult:
         return self.evidence[name]
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How every batch of a dataset run is explained (sent as is to Ray workers, so plain data only)."""
+
+    judged: list[str]
+    references: list[str]
+    target: Target | None
+    checks: tuple[str, ...]
+    options: dict[str, dict[str, Any]]
+    thresholds: Thresholds
+    max_length: int | None
+    seed: int
+    sampled: frozenset[int]  # example ids whose full attention matrices are kept
+
+    @property
+    def methods(self) -> list[str]:
+        return [*self.judged, *self.references]
+
+
+@dataclass
+class ShardResult:
+    """One batch of a run, ready to be written: its example ids, tables, sampled matrices, and the integrated-
+    gradients warnings held back for the run's one summary."""
+
+    ids: list[int]
+    tables: dict[str, pd.DataFrame]
+    samples: dict[str, dict[int, Any]]
+    caught: list[warnings.WarningMessage]
+
+
 class Probe:
     """A model and its tokenizer, ready to explain texts and judge its attention (see the module)."""
 
@@ -131,6 +164,7 @@ class Probe:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        self.source: dict[str, Any] | None = None  # set by Probe.load: what a Ray worker loads instead of a copy
 
     @classmethod
     def load(
@@ -145,7 +179,9 @@ class Probe:
         from attn_probe.models import load_model
 
         loaded = load_model(name_or_path, task=task, device=device, dtype=dtype)
-        return cls(loaded.model, loaded.tokenizer, name=loaded.name)
+        probe = cls(loaded.model, loaded.tokenizer, name=loaded.name)
+        probe.source = {"name_or_path": name_or_path, "task": task, "dtype": dtype}  # how a worker loads it again
+        return probe
 
     def __repr__(self) -> str:
         return f"Probe({self.name!r}, family={self.family.name}, mechanism={self.family.mechanism})"
@@ -239,6 +275,10 @@ class Probe:
         sample: int = 8,
         seed: int = 0,
         progress: bool = True,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
     ) -> Any:
         """:meth:`explain` a whole dataset into the run directory ``out``, one chunk per batch; resumable.
 
@@ -254,13 +294,19 @@ class Probe:
         flagged counts over the whole run (:func:`attn_probe.findings.flags.flag_summary`). Returns the run
         (:class:`attn_probe.store.Run`, read it with ``.table(name)``).
 
+        ``engine``: ``"local"`` (this process, batch after batch) or ``"ray"``: the batches are shared among
+        ``workers`` Ray actors (default: one per CPU of the cluster), each loading the model once (on
+        ``gpus_per_worker`` GPUs each); ``address`` joins an existing cluster (None: the running Ray, else a local
+        one). Either way this process writes the run directory, and the tables are the same; a worker that dies has
+        its batch retried (:mod:`attn_probe.engines.ray_engine`).
+
         Example::
 
             run = probe.run("reviews.csv", out="runs/reviews", label_column="label", limit=200)
             findings = run.table("findings")
         """
         from attn_probe.data import load_texts
-        from attn_probe.store import Run, model_fingerprint, select_sample, summarise_batch
+        from attn_probe.store import Run, model_fingerprint, select_sample
 
         texts = load_texts(dataset, text_column=text_column, label_column=label_column, limit=limit)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -284,59 +330,83 @@ class Probe:
         }
         settings = {"source": str(dataset) if isinstance(dataset, str | os.PathLike) else type(dataset).__name__,
                     "batch_size": batch_size, "text_column": text_column, "label_column": label_column}  # fmt: skip
-        sampled = select_sample(texts["example_id"], sample, seed)
+        settings["engine"] = engine
+        plan = RunPlan(
+            judged=judged, references=references, target=target, checks=tuple(checks),
+            options={k: dict(v) for k, v in (options or {}).items()}, thresholds=thresholds, max_length=max_length,
+            seed=seed, sampled=frozenset(select_sample(texts["example_id"], sample, seed)),
+        )  # fmt: skip
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if engine == "ray":
+            from attn_probe.engines.ray_engine import RayOptions, check_ray
+
+            check_ray()  # before the run directory is touched: a missing extra costs nothing
+            ray_options = RayOptions.of(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
         run = Run.open(out, identity, settings)
         caught: list[warnings.WarningMessage] = []
         session_flags: list[pd.DataFrame] = []
         try:
             todo = texts[~texts["example_id"].isin(run.done())]
-            starts = range(0, len(todo), batch_size)
-            if progress:
-                from tqdm.auto import tqdm
+            shards = [todo.iloc[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+            if engine == "ray":
+                from attn_probe.engines.ray_engine import run_shards_on_ray
 
-                starts = tqdm(starts, desc=f"attn-probe {self.name}", unit="batch", initial=0)
-            for start in starts:
-                part = todo.iloc[start : start + batch_size]
-                ids = [int(i) for i in part["example_id"]]
-                batch = self.tokenize(list(part["text"]), max_length=max_length)
-                with _gathering_convergence_warnings(caught):
-                    assessment = assess(
-                        self.model, batch, tokenizer=self.tokenizer, target=target, attention_methods=judged,
-                        reference_methods=references, checks=checks, method_options=options, thresholds=thresholds,
-                        seed=seed,
-                    )  # fmt: skip
-                captured = _with_drift(self.model, batch, assessment, thresholds)
-                result = self._result(list(part["text"]), [batch], [assessment], [*judged, *references], len(ids))
-                tables = {
-                    "examples": _with_labels(result.examples, part),
-                    "scores": result.scores,
-                    "findings": result.findings,
-                    **result.evidence,
-                }
-                if not result.flags.empty:
-                    tables["flags"] = result.flags
-                weights = captured.weights  # [b, L, H, n, n]
-                tables["attention"] = summarise_batch(
-                    weights.float().cpu().numpy(), list(range(len(ids))), batch.special_tokens_mask.cpu().numpy(),
-                    batch.attention_mask.bool().cpu().numpy(),
-                )  # fmt: skip
-                tables = {name: _relabel(table, ids) for name, table in tables.items()}
-                samples = {
-                    "attention": {
-                        ids[i]: weights[i][..., batch.attention_mask[i].bool(), :][..., batch.attention_mask[i].bool()]
-                        for i in range(len(ids))
-                        if ids[i] in sampled
-                    }
-                }
-                run.write(ids, tables, samples=samples)
-                if "flags" in tables:
-                    session_flags.append(tables["flags"])
+                results = run_shards_on_ray(self, shards, plan, ray_options, identity["fingerprint"], progress)
+            else:
+                results = (self.explain_shard(part, plan) for part in _progress(shards, self.name, progress))
+            for shard in results:
+                run.write(shard.ids, shard.tables, samples=shard.samples)
+                caught += shard.caught
+                if "flags" in shard.tables:
+                    session_flags.append(shard.tables["flags"])
             whole = run.table("flags") if "flags" in run.tables() else empty_flags()  # earlier sessions too
             run.finish({"examples": len(texts), "model": self.name, **flag_summary(whole, thresholds)})
         finally:
             run.close()
         _warn_unconverged(caught, concat_flags(session_flags), thresholds)
         return run
+
+    def explain_shard(self, part: pd.DataFrame, plan: RunPlan) -> ShardResult:
+        """One batch of a dataset run: ``part`` (rows ``example_id, text`` and maybe ``label``) explained and
+        judged as ``plan`` says, as the tables and sampled matrices a run writes for it (example ids of the
+        dataset). Every engine calls this: the local loop, and each Ray worker."""
+        from attn_probe.store import summarise_batch
+
+        ids = [int(i) for i in part["example_id"]]
+        batch = self.tokenize(list(part["text"]), max_length=plan.max_length)
+        caught: list[warnings.WarningMessage] = []
+        with _gathering_convergence_warnings(caught):
+            assessment = assess(
+                self.model, batch, tokenizer=self.tokenizer, target=plan.target, attention_methods=plan.judged,
+                reference_methods=plan.references, checks=plan.checks, method_options=plan.options,
+                thresholds=plan.thresholds, seed=plan.seed,
+            )  # fmt: skip
+        captured = _with_drift(self.model, batch, assessment, plan.thresholds)
+        result = self._result(list(part["text"]), [batch], [assessment], plan.methods, len(ids))
+        tables = {
+            "examples": _with_labels(result.examples, part),
+            "scores": result.scores,
+            "findings": result.findings,
+            **result.evidence,
+        }
+        if not result.flags.empty:
+            tables["flags"] = result.flags
+        weights = captured.weights  # [b, L, H, n, n]
+        tables["attention"] = summarise_batch(
+            weights.float().cpu().numpy(), list(range(len(ids))), batch.special_tokens_mask.cpu().numpy(),
+            batch.attention_mask.bool().cpu().numpy(),
+        )  # fmt: skip
+        tables = {name: _relabel(table, ids) for name, table in tables.items()}
+        real = batch.attention_mask.bool()
+        samples = {
+            "attention": {
+                ids[i]: weights[i][..., real[i], :][..., real[i]].cpu()
+                for i in range(len(ids))
+                if ids[i] in plan.sampled
+            }
+        }
+        return ShardResult(ids=ids, tables=tables, samples=samples, caught=caught)
 
     def _class_ids(self, labels: pd.Series) -> pd.Series:
         """Labels as class indices of this model: ints in range, or names of its ``id2label`` (any case)."""
@@ -435,6 +505,15 @@ def method_table(methods: Sequence[str]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _progress(shards: list[pd.DataFrame], name: str, shown: bool) -> Any:
+    """``shards`` with a progress bar when ``shown``."""
+    if not shown:
+        return shards
+    from tqdm.auto import tqdm
+
+    return tqdm(shards, desc=f"attn-probe {name}", unit="batch")
 
 
 def _whole_number(label: Any) -> int | None:

@@ -22,6 +22,7 @@ ENTRIES: dict[str, str] = {
     "attention_speed": "benchmarks.attention_speed",
     "attention_flow": "benchmarks.attention_flow",
     "method_cost": "benchmarks.method_cost",
+    "ray_engine": "benchmarks.ray_engine",
 }
 
 RunFn = Callable[..., list[dict[str, Any]]]

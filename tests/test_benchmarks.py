@@ -65,7 +65,7 @@ def test_runner_rejects_unknown_entries() -> None:
         main(["--only", "no_such_entry"])
 
 
-@pytest.mark.parametrize("entry", ["attention_flow", "method_cost"])
+@pytest.mark.parametrize("entry", ["attention_flow", "method_cost", "ray_engine"])
 def test_other_entries_run_quickly_and_agree(entry: str) -> None:
     rows = load_entry(entry)(quick=True, device="cpu")
     assert rows and all(row["ratio"] > 0 and row.get("outputs_agree", True) for row in rows)
