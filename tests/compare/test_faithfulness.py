@@ -403,7 +403,8 @@ def test_bad_input_is_refused_with_a_message(key_classifier):
 
 
 def test_an_example_with_nothing_to_erase_gets_nan(tokenizer, tiny_bert):
-    inputs = tokenize(tokenizer, ["", "fine"])  # the first is [CLS] [SEP] only
+    with pytest.warns(UserWarning, match="no token besides special ones"):  # said, not silent
+        inputs = tokenize(tokenizer, ["", "fine"])  # the first is [CLS] [SEP] only
     ctx = ExplainContext(tiny_bert, inputs, tokenizer=tokenizer)
     report = faithfulness_report(ctx, [hand(ctx, torch.rand(inputs.input_ids.shape))], n_random=2)
     assert report.eraser.loc[0, "n_erasable"] == 0 and math.isnan(report.eraser.loc[0, "comprehensiveness"])

@@ -228,7 +228,8 @@ def test_memory_budget_sets_the_batching():
 
 
 def test_an_example_without_replaceable_tokens_scores_zero(tiny_bert, tokenizer):
-    inputs = tokenize(tokenizer, ["", "dull"])  # [CLS] [SEP] only
+    with pytest.warns(UserWarning, match="no token besides special ones"):  # said, not silent
+        inputs = tokenize(tokenizer, ["", "dull"])  # [CLS] [SEP] only
     ctx = ExplainContext(tiny_bert, inputs, tokenizer=tokenizer)
     for fn in PERTURBATION_METHODS.values():
         result = fn(ctx)
