@@ -87,7 +87,8 @@ def _timed_run(probe: Any, texts: list[str], out: Path, **engine: Any) -> tuple[
 def _same_tables(run: Any, reference: Any) -> bool:
     try:
         for name in reference.tables():
-            pd.testing.assert_frame_equal(run.table(name), reference.table(name), rtol=1e-5, atol=1e-6)
+            # float32 noise only: workers run 1 thread, the local engine torch's default, so sums differ in order
+            pd.testing.assert_frame_equal(run.table(name), reference.table(name), rtol=1e-4, atol=1e-5)
     except AssertionError:
         return False
     return run.tables() == reference.tables()
