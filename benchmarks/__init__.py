@@ -23,6 +23,7 @@ ENTRIES: dict[str, str] = {
     "attention_flow": "benchmarks.attention_flow",
     "method_cost": "benchmarks.method_cost",
     "ray_engine": "benchmarks.ray_engine",
+    "efficient_attention": "benchmarks.efficient_attention",
 }
 
 RunFn = Callable[..., list[dict[str, Any]]]

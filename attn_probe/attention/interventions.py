@@ -9,6 +9,10 @@ the heads to change (an int, a list, or ``None`` for all). The keys a query may 
 *support*) are read from the weights themselves: masked keys have exactly zero weight (see
 :class:`~attn_probe.attention.MultiHeadAttention`), so replacements never put weight on padding or on
 future tokens. A key whose weight underflowed to exactly 0 (logit gap above ~100) counts as masked.
+
+The efficient kinds hand these hooks the same dense weights (:mod:`~attn_probe.attention.multi_head`): a
+sparse pattern's keys outside the pattern have exactly zero weight, so the support is the pattern; linear
+attention's implied weights are positive on every visible key.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ the same code reproduces those models (see ``from_hf``) or trains a toy one from
 
 Hook points: ``embed.hook_tokens`` and ``embed.hook_output`` ``[batch, n, embed]``, then per layer
 ``layers.{i}.hook_*`` and ``layers.{i}.attention.hook_*`` (see ``blocks`` and ``multi_head``).
+
+Efficient attention: ``TransformerConfig(attention="sliding", attention_options={"window": 16,
+"global_tokens": 1})``, ``attention="block_sparse"`` (``block_size``, ``stride``, ``global_tokens``) or
+``attention="linear"`` (``chunk_size``) gives every layer that kind (see ``make_attention_kind``).
+``output_attentions=True`` still returns dense ``[batch, heads, n, n]`` weights: zeros outside a sparse
+pattern, the implied row-normalised kernel for linear attention.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from torch import nn
 
 from attn_probe.attention.blocks import FeedForward, TransformerBlock, make_norm
 from attn_probe.attention.hooks import HookPoint
+from attn_probe.attention.linear import LINEAR_POSITIONS
 from attn_probe.attention.masks import normalize_mask
-from attn_probe.attention.multi_head import MultiHeadAttention
+from attn_probe.attention.multi_head import MultiHeadAttention, make_attention_kind
 from attn_probe.attention.position import POSITION_VARIANTS, PositionEncoding, make_position
 
 
@@ -51,10 +58,23 @@ class TransformerConfig:
     pooler: bool = True  # BERT's dense + tanh on [CLS] before the classifier
     tie_embeddings: bool = False
     pad_token_id: int = 0
+    # "full", "sliding", "block_sparse" or "linear", and its options (window, global_tokens, block_size,
+    # stride, chunk_size): see attn_probe.attention.make_attention_kind
+    attention: str = "full"
+    attention_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.position not in POSITION_VARIANTS:
             raise ValueError(f"unknown position '{self.position}'; choose one of {', '.join(POSITION_VARIANTS)}")
+        make_attention_kind(self.attention, **self.attention_options)  # explains a bad kind or option
+        if self.attention == "linear":
+            if self.position not in LINEAR_POSITIONS:
+                raise ValueError(
+                    f"linear attention cannot use position {self.position!r}: it adds a term to softmax logits, "
+                    f"which kernel attention does not have; choose one of {', '.join(LINEAR_POSITIONS)}"
+                )
+            if self.attention_dropout:
+                raise ValueError("linear attention has no attention-weight dropout: set attention_dropout=0")
         if self.embed_dim % self.num_heads and self.head_dim is None:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
@@ -75,7 +95,7 @@ class ModelOutput:
     """What our models return; the tuples are filled when asked for, like Hugging Face's outputs.
 
     ``hidden_states``: ``num_layers + 1`` tensors ``[batch, n, embed]`` (embeddings, then each layer);
-    ``attentions``: ``num_layers`` tensors ``[batch, heads, n, n]``.
+    ``attentions``: ``num_layers`` tensors ``[batch, heads, n, n]`` (dense for every attention kind).
     """
 
     logits: torch.Tensor
@@ -136,6 +156,7 @@ class TransformerStack(nn.Module):
             input_position = None
         self.embed = Embeddings(config, input_position)
         self.layers = nn.ModuleList()
+        kind = make_attention_kind(config.attention, **config.attention_options)  # frozen: shared by the layers
         for _ in range(config.num_layers):
             layer_position = None if input_position is not None else position_module()
             attention = MultiHeadAttention(
@@ -146,6 +167,7 @@ class TransformerStack(nn.Module):
                 bias=config.bias,
                 num_kv_heads=config.num_kv_heads,
                 head_dim=config.head_dim,
+                kind=kind,
             )
             self.layers.append(
                 TransformerBlock(

@@ -9,6 +9,14 @@ logits, position term or weights) it runs through ``torch.nn.functional.scaled_d
 (fused kernels, no ``[q, k]`` matrix kept); otherwise it forms the weights explicitly. Both give the
 same output (within 1e-6 in float32), so what a probe sees is what the model computes.
 
+Efficient kinds (``kind=``; see :func:`make_attention_kind`): ``"sliding"`` (a window with global tokens)
+and ``"block_sparse"`` (blocks and strides) restrict softmax attention to a pattern
+(:mod:`~attn_probe.attention.sparse`); ``"linear"`` replaces it with kernel attention
+(:mod:`~attn_probe.attention.linear`). Without weights they never form a ``[q, k]`` matrix (``O(n w)``,
+resp. ``O(n)``). With weights they take the same explicit path as full attention and hand back the same
+dense ``[batch, heads, q, k]`` weights: zeros outside a sparse pattern; the implied, row-normalised
+``φ(q)·φ(k)`` for linear attention. Hooks and interventions see and edit those, as for full attention.
+
 Hook points (names relative to the module; shapes as they flow):
 
     hook_q            [batch, heads, q, head_dim]     after the projection, before any rotation
@@ -23,15 +31,49 @@ Hook points (names relative to the module; shapes as they flow):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attn_probe.attention.hooks import HookPoint
-from attn_probe.attention.masks import combine_masks
+from attn_probe.attention.linear import LINEAR_POSITIONS, LinearAttention, kernel_logits, linear_attention
+from attn_probe.attention.masks import combine_masks, normalize_mask
 from attn_probe.attention.position import PositionEncoding
+from attn_probe.attention.sparse import BlockSparse, SlidingWindow, SparsePattern, sparse_attention, supports_position
+
+#: The attention kinds a model can be built with (``TransformerConfig.attention``).
+ATTENTION_KINDS = ("full", "sliding", "block_sparse", "linear")
+AttentionKind = SlidingWindow | BlockSparse | LinearAttention
+
+
+def make_attention_kind(name: str = "full", **options: Any) -> AttentionKind | None:
+    """The attention kind ``name`` with its options; None for full attention.
+
+    - ``"full"``: no options.
+    - ``"sliding"``: ``window`` (keys on each side, required), ``global_tokens`` (the first g tokens, or a
+      list of indices; default 0).
+    - ``"block_sparse"``: ``block_size`` (required), ``stride`` (0 = none), ``global_tokens``.
+    - ``"linear"``: ``chunk_size`` (of the causal running sums; default 64).
+
+    >>> make_attention_kind("sliding", window=16, global_tokens=1)
+    SlidingWindow(window=16, global_tokens=1)
+    """
+    builders: dict[str, Any] = {"sliding": SlidingWindow, "block_sparse": BlockSparse, "linear": LinearAttention}
+    if name == "full":
+        if options:
+            raise ValueError(f"full attention takes no options, got {sorted(options)}")
+        return None
+    if name not in builders:
+        raise ValueError(f"unknown attention kind {name!r}; choose one of {', '.join(ATTENTION_KINDS)}")
+    try:
+        return builders[name](**options)
+    except TypeError as error:
+        fields = ", ".join(f.name for f in dataclasses.fields(builders[name]))
+        raise ValueError(f"bad options {options} for {name!r} attention ({error}); its options are: {fields}") from None
 
 
 @dataclass
@@ -65,9 +107,15 @@ class MultiHeadAttention(nn.Module):
         kdim, vdim: widths of the key and value inputs for cross-attention (default: ``embed_dim``).
         temperature: divides the logits with ``sqrt(d_k)``: ``q·k / (sqrt(d_k) * temperature)``.
         scale: replaces ``1 / sqrt(d_k)`` altogether (T5 uses 1.0); the temperature still applies.
+        kind: ``None`` / ``"full"`` (softmax over all keys), a :class:`SlidingWindow`, :class:`BlockSparse` or
+            :class:`LinearAttention` (or its name with default options, see :func:`make_attention_kind`).
+            Sparse kinds and causal linear attention are self-attention (as many queries as keys). Linear
+            attention has no logit scale, temperature or attention dropout, and takes only the position
+            variants of ``LINEAR_POSITIONS``.
 
     >>> attention = MultiHeadAttention(64, 4, position=Rotary(16))
     >>> output, weights = attention(x, mask=padding_mask, need_weights=True)  # weights [b, 4, n, n]
+    >>> local = MultiHeadAttention(64, 4, kind=SlidingWindow(window=8, global_tokens=1))
     """
 
     def __init__(
@@ -84,8 +132,13 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         temperature: float = 1.0,
         scale: float | None = None,
+        kind: AttentionKind | str | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(kind, str):
+            kind = make_attention_kind(kind)
+        _check_kind(kind, position, dropout, temperature, scale)
+        self.kind = kind
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if head_dim is None:
             if embed_dim % num_heads:
@@ -157,7 +210,31 @@ class MultiHeadAttention(nn.Module):
             q_rotated, k_rotated = q, k
         k_rotated, v = self._repeat_kv(k_rotated), self._repeat_kv(v)  # [b, h, k, d]
 
-        batch, num_queries, num_keys = q.shape[0], q.shape[2], k.shape[2]
+        batch, num_queries = q.shape[0], q.shape[2]
+        if isinstance(self.kind, SparsePattern):
+            head_output, weights_out = self._sparse(
+                q, q_rotated, k_rotated, v, mask, causal, need_weights, query_positions, key_positions
+            )
+        elif isinstance(self.kind, LinearAttention):
+            head_output, weights_out = self._linear(q_rotated, k_rotated, v, mask, causal, need_weights)
+        else:
+            head_output, weights_out = self._full(
+                q, q_rotated, k_rotated, v, mask, causal, need_weights, query_positions, key_positions
+            )
+        head_output = self.hook_head_output(head_output)  # [b, h, q, d]
+
+        merged = head_output.transpose(1, 2).reshape(batch, num_queries, self.num_heads * self.head_dim)
+        output = self.hook_output(self.out_proj(merged))  # [b, q, embed]
+        return output, weights_out
+
+    @property
+    def kind_name(self) -> str:
+        """``"full"``, ``"sliding"``, ``"block_sparse"`` or ``"linear"``."""
+        return "full" if self.kind is None else self.kind.name
+
+    # ----------------------------------------------------------------------------------------------
+    def _full(self, q, q_rotated, k_rotated, v, mask, causal, need_weights, query_positions, key_positions):
+        batch, num_queries, num_keys = q.shape[0], q.shape[2], k_rotated.shape[2]
         position_term = None
         if self.position is not None:
             position_term = self.position.logit_term(q, query_positions, key_positions, self.scale)
@@ -186,11 +263,70 @@ class MultiHeadAttention(nn.Module):
             else:
                 head_output = self._fused(q_rotated, k_rotated, v, position_term, allowed, no_key)
                 weights_out = None
-        head_output = self.hook_head_output(head_output)  # [b, h, q, d]
+        return head_output, weights_out
 
-        merged = head_output.transpose(1, 2).reshape(batch, num_queries, self.num_heads * self.head_dim)
-        output = self.hook_output(self.out_proj(merged))  # [b, q, embed]
-        return output, weights_out
+    def _sparse(self, q, q_rotated, k_rotated, v, mask, causal, need_weights, query_positions, key_positions):
+        """A sparse pattern: the compact ``O(n w)`` path, or the explicit path with the pattern as a dense mask."""
+        batch, n = q.shape[0], q.shape[2]
+        if k_rotated.shape[2] != n:
+            raise ValueError(
+                f"{self.kind.name} attention is self-attention over one sequence: got {n} queries and "
+                f"{k_rotated.shape[2]} keys"
+            )
+        explicit = (
+            need_weights or self.hook_logits.has_hooks or self.hook_weights.has_hooks or self.hook_position.has_hooks
+        )
+        if not explicit:
+            allowed = normalize_mask(mask.to(q.device), batch, n, n) if mask is not None else None
+            head_output = sparse_attention(
+                self.kind,
+                q_rotated,
+                k_rotated,
+                v,
+                scale=self.scale,
+                mask=allowed,
+                causal=causal,
+                position=self.position,
+                query_positions=query_positions,
+                key_positions=key_positions,
+                q_plain=q,
+                dropout_p=self._dropout_p(),
+            )
+            return head_output, None
+        position_term = None
+        if self.position is not None:
+            position_term = self.position.logit_term(q, query_positions, key_positions, self.scale)
+            if position_term is not None:
+                position_term = self.hook_position(position_term)
+        pattern = self.kind.dense_mask(n, q.device)[None, None]  # [1, 1, n, n]
+        allowed = combine_masks(mask, causal, batch, n, n, q.device)
+        allowed = pattern if allowed is None else allowed & pattern
+        head_output, weights = self._explicit(
+            q_rotated, k_rotated, v, position_term, allowed, _rows_without_keys(allowed), query_positions, key_positions
+        )
+        return head_output, weights if need_weights else None
+
+    def _linear(self, q_rotated, k_rotated, v, mask, causal, need_weights):
+        """Linear attention: ``O(n)`` running sums, or the implied weights through the explicit path."""
+        batch, num_queries, num_keys = q_rotated.shape[0], q_rotated.shape[2], k_rotated.shape[2]
+        allowed = normalize_mask(mask.to(q_rotated.device), batch, num_queries, num_keys) if mask is not None else None
+        key_padding_only = allowed is None or (allowed.shape[1] == 1 and allowed.shape[2] == 1)
+        explicit = need_weights or self.hook_logits.has_hooks or self.hook_weights.has_hooks
+        if not explicit and key_padding_only and not (causal and num_queries != num_keys):
+            head_output = linear_attention(
+                q_rotated,
+                k_rotated,
+                v,
+                key_padding=None if allowed is None else allowed[:, 0, 0, :],
+                causal=causal,
+                chunk_size=self.kind.chunk_size,
+            )
+            return head_output, None
+        # Weights wanted, or a mask that is not a key padding (per query or per head): the quadratic form.
+        allowed = combine_masks(mask, causal, batch, num_queries, num_keys, q_rotated.device)
+        no_key = _rows_without_keys(allowed) if allowed is not None else None
+        head_output, weights = self._explicit(q_rotated, k_rotated, v, None, allowed, no_key, None, None)
+        return head_output, weights if need_weights else None
 
     # ----------------------------------------------------------------------------------------------
     def split_logits(
@@ -278,6 +414,8 @@ class MultiHeadAttention(nn.Module):
         return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
     def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.kind, LinearAttention):
+            return kernel_logits(q, k)  # log(φ(q)·φ(k)): its softmax is the implied attention
         return (q @ k.transpose(-1, -2)) * self.scale  # [b, h, q, k]
 
     def _weights_observed(self) -> bool:
@@ -321,6 +459,32 @@ class MultiHeadAttention(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self._dropout_p(), scale=self.scale
         )  # [b, h, q, d]
         return output if no_key is None else output.masked_fill(no_key, 0.0)
+
+
+def _check_kind(
+    kind: AttentionKind | None, position: PositionEncoding | None, dropout: float, temperature: float, scale
+) -> None:
+    if kind is not None and not isinstance(kind, (SlidingWindow, BlockSparse, LinearAttention)):
+        raise TypeError(
+            f"kind must be None, a name ({', '.join(ATTENTION_KINDS)}), SlidingWindow, BlockSparse or "
+            f"LinearAttention; got {type(kind).__name__}"
+        )
+    if isinstance(kind, SparsePattern) and not supports_position(position):
+        raise ValueError(
+            f"position variant {type(position).__name__} adds a logit term that {kind.name} attention cannot "
+            "evaluate on its pattern alone; use alibi, t5, shaw, rotary, learned, sinusoidal or none"
+        )
+    if isinstance(kind, LinearAttention):
+        if position is not None and position.name not in LINEAR_POSITIONS:
+            raise ValueError(
+                f"linear attention cannot use position variant {position.name!r}: it adds a term to softmax "
+                "logits, and kernel attention has no logits to add it to (no feature-map form); choose one of "
+                f"{', '.join(LINEAR_POSITIONS)}"
+            )
+        if dropout:
+            raise ValueError("linear attention has no attention-weight dropout (its O(n) form never forms weights)")
+        if temperature != 1.0 or scale is not None:
+            raise ValueError("linear attention has no softmax, so no logit scale or temperature: leave them unset")
 
 
 def _rows_without_keys(allowed: torch.Tensor) -> torch.Tensor | None:

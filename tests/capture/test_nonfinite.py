@@ -76,4 +76,4 @@ def test_the_probe_and_the_command_line_stop_with_the_layer(tokenizer, tmp_path,
                  "--methods", "raw_attention", "saliency"])  # fmt: skip
     assert code == EXIT_BAD_INPUT
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # progress bars aside
-    assert line.startswith("attn-probe run: error:") and "layer 2 of its encoder attention" in line
+    assert "attn-probe run: error:" in line and "layer 2 of its encoder attention" in line  # after a progress bar
