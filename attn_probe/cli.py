@@ -74,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-STUDIES = ("sentiment_minilm", "agreement_smollm2", "position_variants", "flow_layers")
+STUDIES = ("sentiment_minilm", "agreement_smollm2", "position_variants", "flow_layers", "efficient_attention")
 
 
 def _analysis(args: argparse.Namespace) -> int:

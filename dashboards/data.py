@@ -24,6 +24,10 @@ from attn_probe.report import misleading_ranking
 
 OWN_TABLES = ("examples", "scores", "findings", "attention")  # a run's tables that are not comparison evidence
 POSITION_STUDY = "position_variants"
+VARIANT_STUDIES = {  # studies whose results compare variants of our models with the same tables
+    "position_variants": "position variants (none, learned, sinusoidal, Shaw, T5, ALiBi, rotary)",
+    "efficient_attention": "attention kinds (full, sliding window, linear)",
+}
 STUDY_FILES = ("accuracy", "recovery", "gaps", "distance_profile", "layer_position")
 SYNTHETIC_TASKS = ("marked", "offset", "pair")
 LOGIT_VARIANTS = ("none", "shaw", "t5", "alibi", "rotary")  # variants whose logits split into content + position
@@ -214,24 +218,24 @@ def default_example(examples: pd.DataFrame, findings: pd.DataFrame | None) -> in
 # ----------------------------------------------------------------------------------------------------
 # the position study and its synthetic models
 # ----------------------------------------------------------------------------------------------------
-def study_folder(root: str | Path | None = None) -> Path:
-    """Where the position study's results are: ``root``, else ``analyses/results/position_variants`` of the
-    repository this dashboard runs from."""
+def study_folder(root: str | Path | None = None, name: str = POSITION_STUDY) -> Path:
+    """Where a variant study's results are: ``root``, else ``analyses/results/<name>`` of the repository this
+    dashboard runs from."""
     if root is not None:
         return Path(root)
-    return Path(__file__).resolve().parent.parent / "analyses" / "results" / POSITION_STUDY
+    return Path(__file__).resolve().parent.parent / "analyses" / "results" / name
 
 
-def study_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
+def study_tables(folder: str | Path, name: str = POSITION_STUDY) -> dict[str, pd.DataFrame]:
     """The study's CSV tables (``accuracy, recovery, gaps, distance_profile, layer_position``) by name."""
     folder = Path(folder)
-    missing = [name for name in STUDY_FILES if not (folder / f"{name}.csv").is_file()]
+    missing = [table for table in STUDY_FILES if not (folder / f"{table}.csv").is_file()]
     if missing:
         raise FileNotFoundError(
-            f"no position-study results in {folder} (missing {', '.join(m + '.csv' for m in missing)}): run "
-            f"`python -m analyses.{POSITION_STUDY}` from the repository root (or `--smoke` for a quick version)"
+            f"no {name} results in {folder} (missing {', '.join(m + '.csv' for m in missing)}): run "
+            f"`python -m analyses.{name}` from the repository root (or `--smoke` for a quick version)"
         )
-    return {name: pd.read_csv(folder / f"{name}.csv") for name in STUDY_FILES}
+    return {table: pd.read_csv(folder / f"{table}.csv") for table in STUDY_FILES}
 
 
 def synthetic_task(name: str) -> Any:

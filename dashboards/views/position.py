@@ -18,6 +18,7 @@ from dashboards.common import resolve_inside, run_root, safe, shown_errors
 from dashboards.data import (
     LOGIT_VARIANTS,
     SYNTHETIC_TASKS,
+    VARIANT_STUDIES,
     logit_heatmap_frame,
     study_folder,
     study_tables,
@@ -36,8 +37,8 @@ DEFAULT_METHODS = ["raw_attention", "attention_rollout", "leave_one_out", "integ
 
 
 @st.cache_data(show_spinner=False)
-def load_study(folder: str) -> dict:
-    return study_tables(folder)
+def load_study(folder: str, name: str) -> dict:
+    return study_tables(folder, name)
 
 
 @st.cache_resource(show_spinner=False)
@@ -61,16 +62,19 @@ def trained(variant: str, task: str, steps: int, seed: int, on_step: Any) -> tup
 st.title("Position variants")
 
 # ---------------------------------------------------------------------------------------------- the study
-st.header("The relative-position study, per variant")
+st.header("The studies, per variant")
+study = st.selectbox(
+    "Study", list(VARIANT_STUDIES), format_func=lambda name: f"{name}: {VARIANT_STUDIES[name]}", key="pos-study"
+)
 folder = st.text_input(
     "Study results folder",
-    value=str(study_folder()),
-    help=f"The output folder of `python -m analyses.position_variants`, inside {study_folder().parent} or "
-    f"{run_root()}.",
-    key="pos-folder",
+    value=str(study_folder(name=study)),
+    help=f"The output folder of `python -m analyses.{study}`, inside {study_folder().parent} or {run_root()}.",
+    key=f"pos-folder-{study}",
 )
 with shown_errors("Could not read the study's results"):
-    tables = load_study(str(resolve_inside(folder, [study_folder().parent, run_root()], "study results")))
+    allowed = resolve_inside(folder, [study_folder().parent, run_root()], "study results")
+    tables = load_study(str(allowed), study)
 recovery, accuracy = tables["recovery"], tables["accuracy"]
 left, middle = st.columns(2)
 task = left.selectbox("Task", sorted(recovery["task"].unique()), key="pos-task")
@@ -87,7 +91,7 @@ if rows.empty:
 else:
     st.altair_chart(
         charts.interval_bars(rows, x="variant", value=metric, low=f"{metric}_low", high=f"{metric}_high",
-                             color="method", title=f"{metric} on the {task} task, per position variant"),
+                             color="method", title=f"{metric} on the {task} task, per variant ({study})"),
         width="stretch",
     )  # fmt: skip
     st.caption(

@@ -37,7 +37,7 @@ def test_the_study_is_shown_per_variant_as_its_tables_say(app):
 def test_a_missing_results_folder_is_a_message_in_the_page(app, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTN_PROBE_RUN_ROOT", str(tmp_path))  # a folder the page may read
     page(app, "position")
-    app.text_input(key="pos-folder").set_value(str(tmp_path)).run()
+    app.text_input(key="pos-folder-position_variants").set_value(str(tmp_path)).run()
     assert not app.exception
     assert len(app.error) == 1 and "analyses.position\\_variants" in app.error[0].value
 
@@ -45,7 +45,7 @@ def test_a_missing_results_folder_is_a_message_in_the_page(app, tmp_path, monkey
 @pytest.mark.parametrize("typed", ["/etc", "../../.."])
 def test_a_folder_outside_the_allowed_ones_is_refused(app, typed):
     page(app, "position")
-    app.text_input(key="pos-folder").set_value(typed).run()
+    app.text_input(key="pos-folder-position_variants").set_value(typed).run()
     assert not app.exception
     assert (
         len(app.error) == 1 and "is outside the folders this dashboard opens study results from" in app.error[0].value
@@ -68,3 +68,17 @@ def test_the_logit_split_of_a_trained_model_is_the_librarys(app):
     shown = {metric.label: metric.value for metric in app.metric}
     assert shown["Position share of the logits"] == f"{want:.3f}"
     assert 0 < want <= 1  # ALiBi's slope term explains part of every head's logits
+
+
+def test_the_efficient_attention_study_is_shown_per_attention_kind(app):
+    folder = study_folder(name="efficient_attention")
+    if not (folder / "recovery.csv").is_file():
+        pytest.skip("the efficient-attention study's results are not in this checkout")
+    page(app, "position")
+    app.selectbox(key="pos-study").set_value("efficient_attention").run()
+    no_problems(app)
+    recovery = pd.read_csv(folder / "recovery.csv")
+    task = app.selectbox(key="pos-task").value
+    shown = app.dataframe[0].value
+    want = recovery[(recovery["task"] == task) & recovery["method"].isin(app.multiselect(key="pos-methods").value)]
+    assert len(shown) == len(want) > 0 and set(shown["variant"]) <= {"full", "sliding", "linear"}
