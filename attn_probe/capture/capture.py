@@ -159,22 +159,25 @@ def check_finite(
     order = [main_stack, *(name for name in stacks if name != main_stack)]
     for name in order:
         stack = stacks[name]
-        for layer in range(stack.num_layers):
-            weights = stack.weights[:, layer].detach()  # [batch, heads, q, k]
-            # the mask is the main stack's inputs': its rows and keys there, the keys of cross-attention (encoder
-            # tokens); a decoder's own rows and keys of an encoder-decoder model are all checked
-            rows = real if name == main_stack else torch.ones_like(weights[:, 0, :, 0], dtype=torch.bool)
-            keys = real if name in (main_stack, "cross") else torch.ones_like(weights[:, 0, 0, :], dtype=torch.bool)
-            seen = weights.masked_fill(~(rows[:, None, :, None] & keys[:, None, None, :]), 0.0)
-            bad = ~torch.isfinite(seen)
-            values = stack.values[:, layer].detach() if stack.values is not None else None
-            if bad.any() or (values is not None and not torch.isfinite(values).all()):
-                where = torch.nonzero(bad)[0].tolist() if bad.any() else None
-                detail = f" (example {where[0]}, head {where[1]})" if where else " (its value vectors)"
-                raise NonFiniteError(
-                    f"the model produced NaN or infinite values in layer {layer} of its {name} attention{detail}; "
-                    f"every layer before it was finite. {_nonfinite_hint(model)}"
-                )
+        weights = stack.weights.detach()  # [batch, layers, heads, q, k]: every layer in one pass
+        # the mask is the main stack's inputs': its rows and keys there, the keys of cross-attention (encoder
+        # tokens); a decoder's own rows and keys of an encoder-decoder model are all checked
+        every = torch.ones(weights.shape[0], weights.shape[-1], dtype=torch.bool, device=weights.device)
+        rows = real if name == main_stack else torch.ones_like(weights[:, 0, 0, :, 0], dtype=torch.bool)
+        keys = real if name in (main_stack, "cross") else every
+        seen = weights.masked_fill(~(rows[:, None, None, :, None] & keys[:, None, None, None, :]), 0.0)
+        bad = ~torch.isfinite(seen)  # [batch, layers, heads, q, k]
+        bad_layers = bad.flatten(2).any(-1).any(0)  # [layers]
+        if stack.values is not None:
+            bad_layers = bad_layers | ~torch.isfinite(stack.values.detach()).flatten(2).all(-1).all(0)
+        if bad_layers.any():
+            layer = int(torch.nonzero(bad_layers)[0])
+            where = torch.nonzero(bad[:, layer])
+            detail = f" (example {int(where[0, 0])}, head {int(where[0, 1])})" if len(where) else " (its value vectors)"
+            raise NonFiniteError(
+                f"the model produced NaN or infinite values in layer {layer} of its {name} attention{detail}; "
+                f"every layer before it was finite. {_nonfinite_hint(model)}"
+            )
     if logits is not None and not torch.isfinite(logits.detach()).all():
         raise NonFiniteError(
             "the model's output logits hold NaN or infinite values although every attention layer is finite: they "
