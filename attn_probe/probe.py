@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -569,7 +570,8 @@ def _relabel(table: pd.DataFrame, ids: list[int]) -> pd.DataFrame:
     if "example_id" not in table:
         return table
     relabelled = table.copy()
-    relabelled["example_id"] = [ids[int(i)] for i in relabelled["example_id"]]
+    # an array, not a list: an empty list would make the column `object`, which the store refuses
+    relabelled["example_id"] = np.asarray([ids[int(i)] for i in relabelled["example_id"]], dtype=np.int64)
     return relabelled
 
 

@@ -24,6 +24,11 @@ ENTRIES: dict[str, str] = {
     "method_cost": "benchmarks.method_cost",
     "ray_engine": "benchmarks.ray_engine",
     "efficient_attention": "benchmarks.efficient_attention",
+    "inseq": "benchmarks.peers.inseq_peer",
+    "transformer_lens": "benchmarks.peers.transformerlens_peer",
+    "ferret": "benchmarks.peers.ferret_peer",
+    "captum_loop": "benchmarks.captum_loop",
+    "memory": "benchmarks.memory",
 }
 
 RunFn = Callable[..., list[dict[str, Any]]]

@@ -757,3 +757,14 @@ def test_a_full_disk_mid_run_stops_with_where_and_what_to_do_and_resumes(
     else:
         loaded.run(reviews, out, progress=False, **PROBE_OPTIONS)
     same_run(out, cli_finished)
+
+
+def test_a_run_without_checks_writes_an_empty_findings_table(tmp_path, tokenizer, tiny_bert):
+    from attn_probe import Probe
+
+    run = Probe(tiny_bert, tokenizer).run(
+        ["a fine movie", "dull"], tmp_path / "run", methods=["raw_attention", "saliency"], checks=[], progress=False
+    )
+    findings = run.table("findings")
+    assert findings.empty and findings["example_id"].dtype == "int64"
+    assert len(run.table("scores")["example_id"].unique()) == 2
