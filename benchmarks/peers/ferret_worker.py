@@ -26,14 +26,11 @@ evaluators that have a counterpart in attn_probe.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
-import traceback
 
-PROTOCOL = os.fdopen(os.dup(1), "w", buffering=1)  # replies only
-os.dup2(2, 1)  # anything a library prints goes to stderr
+from worker_loop import claim_stdout, serve  # the file beside this one: the script's folder is on sys.path
+
+PROTOCOL = claim_stdout()  # before the imports below: whatever they print goes to stderr, not into a reply
 
 import numpy as np  # noqa: E402
 
@@ -207,17 +204,5 @@ def _round_trips(tokenizer, ids: list[int]) -> bool:
 COMMANDS = {"load": load, "time": timed, "results": results, "eraser_k": eraser_k}
 
 
-def main() -> None:
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request["cmd"] == "quit":
-            break
-        try:
-            reply = {"ok": True, **COMMANDS[request["cmd"]](request)}
-        except Exception as error:  # reported to the caller, who raises with the traceback
-            reply = {"ok": False, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-        PROTOCOL.write(json.dumps(reply) + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    serve(COMMANDS, PROTOCOL)

@@ -13,13 +13,20 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 
-def serve(commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+def claim_stdout() -> TextIO:
+    """The original stdout, for replies only; from now on anything printed goes to stderr. Call it before
+    importing libraries that print at import time."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return protocol
+
+
+def serve(commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]], protocol: TextIO | None = None) -> None:
     """Answer requests with ``commands[request["cmd"]](request)`` until stdin closes or ``quit`` arrives."""
-    protocol = os.fdopen(os.dup(1), "w", buffering=1)  # replies only
-    os.dup2(2, 1)  # anything a library prints goes to stderr
+    protocol = protocol if protocol is not None else claim_stdout()
     for line in sys.stdin:
         request = json.loads(line)
         if request["cmd"] == "quit":
