@@ -60,13 +60,10 @@ Agreement, where the definitions match (``outputs_agree`` is their verdict; the 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -75,6 +72,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.peers.lm_common import PeerWorker
 from benchmarks.peers.venv import PeerSpec, ensure_peer
 
 FERRET = PeerSpec(
@@ -102,45 +100,11 @@ CASES = {  # case -> (what ferret runs, our side)
 MAX_TEXTS = 16  # Probe.explain's default batch_size: every case explains the texts as one batch
 
 
-class FerretWorker:
-    """ferret's worker subprocess (JSON lines in, JSON lines out); stderr goes to a temporary file."""
+class FerretWorker(PeerWorker):
+    """ferret's worker subprocess (``ferret_worker.py`` in ferret's own venv): JSON lines in and out."""
 
-    def __init__(self, python: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="ferret-worker-", suffix=".log", delete=False)  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env=env, cwd=tempfile.gettempdir(),
-        )  # fmt: skip
-
-    def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the ferret worker died during {cmd!r}; its stderr ends with:\n{self._tail()}")
-        reply = json.loads(line)
-        if not reply.pop("ok"):
-            raise RuntimeError(f"the ferret worker failed on {cmd!r}: {reply['error']}\n{reply['traceback']}")
-        return reply
-
-    def _tail(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()[-4000:]
-
-    def close(self) -> None:
-        try:
-            if self.process.poll() is None:
-                self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")  # type: ignore[union-attr]
-                self.process.stdin.flush()  # type: ignore[union-attr]
-                self.process.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        os.unlink(self.log.name)
+    def __init__(self, python: Path | str) -> None:
+        super().__init__(python, WORKER, "ferret")
 
 
 def sentences(quick: bool) -> list[str]:
