@@ -57,8 +57,8 @@ def _current_mb() -> float | None:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    except OSError:  # no /proc (not Linux): the current size is unknown, the peak still comes from getrusage
+        return None
     return None
 
 

@@ -34,6 +34,7 @@ Self-attention only (queries and keys of one sequence, ``q == k``).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -60,7 +61,7 @@ def _global_spec(spec: int | Sequence[int]) -> int | tuple[int, ...]:
     return positions
 
 
-class SparsePattern:
+class SparsePattern(ABC):
     """Base of the sparse patterns (frozen dataclasses with a ``global_tokens`` field: the first ``g``
     tokens, or a list of token indices)."""
 
@@ -71,14 +72,14 @@ class SparsePattern:
         object.__setattr__(self, "global_tokens", _global_spec(self.global_tokens))
 
     # -- what a subclass defines ------------------------------------------------------------------
+    @abstractmethod
     def local_visible(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """Whether ``query`` may see ``key`` (broadcasting index tensors), global tokens left aside."""
-        raise NotImplementedError
 
+    @abstractmethod
     def local_segments(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> list[_Segment]:
         """The compact segments that cover :meth:`local_visible` exactly once per (query, key), from scaled
         queries; with ``causal`` they may leave out slots that only hold future keys."""
-        raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------------
     def global_index(self, n: int, device: torch.device | None = None) -> torch.Tensor:
@@ -308,7 +309,7 @@ def slot_logit_term(
         )  # [b, h, m, W]
         per_distance = q_rows @ position.key_table.weight.to(q_rows.dtype).T  # [b, h, m, 2D + 1]
         return per_distance.gather(-1, index) * scale, index
-    raise NotImplementedError(
+    raise ValueError(
         f"position variant {type(position).__name__} adds a logit term that sparse attention cannot evaluate "
         "on its pattern alone; use alibi, t5, shaw, rotary, learned, sinusoidal or none"
     )
