@@ -220,12 +220,7 @@ def counterfactual_outputs(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive integer, got {top!r}")
     with _evaluation(model):
-        context = ExplainContext(model, inputs, target=target, tokenizer=tokenizer)
-        original = context.capture()
-        stack = original.stacks[original.main_stack]
-        (layer,) = _check_layers([layer], stack.num_layers)
-        _, head_index = _single_selection(head, stack.num_heads)
-        before = _output_of(context, original.logits)
+        context, _, layer, (_, head_index), before = _one_layer(model, inputs, target, tokenizer, layer, head)
         frozen = _frozen_weights(model, context)[:, layer] if name == "frozen" else None
         seen: dict[str, torch.Tensor] = {}
         with torch.no_grad(), intervene(model, {layer: _watched(_edit_for(name, seed, head_index, frozen), seen)}):
@@ -249,6 +244,18 @@ def counterfactual_outputs(
                 }
             )
     return CounterfactualOutputs(pd.DataFrame(rows), seen["old"][:, head_index].cpu(), seen["new"][:, head_index].cpu())
+
+
+def _one_layer(
+    model: nn.Module, inputs: Any, target: Any, tokenizer: Any, layer: int, head: int | None
+) -> tuple[ExplainContext, Any, int, tuple[int | None, list[int]], _Output]:
+    """What an edit of one layer (one head, or all when None) starts from: the context, the main stack's original
+    capture, the checked layer, the head selection ``(label, indices)`` and the original output."""
+    context = ExplainContext(model, inputs, target=target, tokenizer=tokenizer)
+    original = context.capture()
+    stack = original.stacks[original.main_stack]
+    (layer,) = _check_layers([layer], stack.num_layers)
+    return context, stack, layer, _single_selection(head, stack.num_heads), _output_of(context, original.logits)
 
 
 def _edit_for(name: str, seed: int | None, heads: list[int], frozen: torch.Tensor | None) -> WeightsEdit:
@@ -342,12 +349,9 @@ def adversarial_attention(
         raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
 
     with _evaluation(model):
-        context = ExplainContext(model, inputs, target=target, tokenizer=tokenizer)
-        original = context.capture()
-        stack = original.stacks[original.main_stack]
-        (layer,) = _check_layers([layer], stack.num_layers)
-        head_label, head_index = _single_selection(head, stack.num_heads)
-        before = _output_of(context, original.logits)
+        context, stack, layer, (head_label, head_index), before = _one_layer(
+            model, inputs, target, tokenizer, layer, head
+        )
         real = context.attention_mask.bool()  # [batch, n]
         target_rows = _target_rows(context)
         if rows == "target" and target_rows is None:
