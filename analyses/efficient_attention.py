@@ -48,19 +48,14 @@ import torch
 from analyses.position_variants import (
     ALL_METHODS,
     TASKS,
-    _cell,
     _explain_model,
-    _lookup,
     _position_tables,
-    accuracy_figure,
     ci_text,
-    gap_figure,
     markdown_table,
-    profile_figure,
-    recovery_figure,
-    save_figure,
+    recovery_sections,
     summarise,
     wilson,
+    write_tables_and_figures,
 )
 from attn_probe.attention.models import TransformerConfig
 from attn_probe.attention.training import build_model, train
@@ -226,28 +221,7 @@ def observations(summary: dict[str, pd.DataFrame], settings: Settings) -> list[s
 def write_report(
     out: Path, settings: Settings, tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame], seconds: float
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tables["accuracy"].to_csv(out / "accuracy.csv", index=False)
-    for name in ("accuracy_cells", "recovery", "recovery_by_seed", "gaps", "layer_position", "linear_vs_full"):
-        summary[name].to_csv(out / f"{name}.csv", index=False)
-    profile = (
-        tables["profiles"]
-        .groupby(["task", "variant", "layer", "distance"], sort=False)[
-            ["share", "mean_weight", "uniform_weight", "relative_to_uniform"]
-        ]
-        .mean()
-    )
-    profile.reset_index().to_csv(out / "distance_profile.csv", index=False)
-    figures = {
-        "accuracy.png": accuracy_figure(summary["accuracy_cells"], settings.kinds),
-        "distance_profile.png": profile_figure(tables["profiles"], settings.kinds),
-    }
-    if not summary["recovery"].empty:
-        figures["recovery.png"] = recovery_figure(summary["recovery"], settings.kinds)
-    if not summary["gaps"].empty:
-        figures["gap_vs_erasure.png"] = gap_figure(summary["gaps"], settings.kinds)
-    for name, figure in figures.items():
-        save_figure(figure, out / name)
+    figures = write_tables_and_figures(out, tables, summary, settings.kinds)
     notes = observations(summary, settings)
     n_models, n_learned = len(tables["accuracy"]), int(tables["accuracy"]["learned"].sum())
     (out / "summary.json").write_text(
@@ -293,21 +267,7 @@ def write_report(
         "## Recovery of the decisive tokens (R-precision, 95% CI)",
         "",
     ]
-    recovery = summary["recovery"]
-    for task in settings.tasks:
-        rows = recovery[recovery["task"] == task] if not recovery.empty else recovery
-        if rows.empty:
-            lines += [f"`{task}`: no model learned it.", ""]
-            continue
-        kinds = [k for k in settings.kinds if k in set(rows["variant"])]
-        table = pd.DataFrame(
-            [
-                {"method": m, **{k: _cell(_lookup(rows, variant=k, method=m), "precision") for k in kinds}}
-                for m in ALL_METHODS
-                if m in set(rows["method"])
-            ]
-        )
-        lines += [f"### `{task}`", "", markdown_table(table), ""]
+    lines += recovery_sections(summary["recovery"], settings.tasks, settings.kinds)
     if "recovery.png" in figures:
         lines += ["![recovery](recovery.png)", ""]
     lines += ["## Does the implied attention of linear models mislead more than softmax attention?", ""]
@@ -348,7 +308,9 @@ def write_report(
         "## Files",
         "",
         "`accuracy.csv`, `accuracy_cells.csv`, `recovery.csv`, `recovery_by_seed.csv`, `gaps.csv`, "
-        "`linear_vs_full.csv`, `layer_position.csv`, `distance_profile.csv`, `summary.json`, and the PNG figures.",
+        "`linear_vs_full.csv`, `layer_position.csv`, `layer_position_by_seed.csv`, `distance_profile.csv`, "
+        "`summary.json`, "
+        "and the PNG figures.",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))

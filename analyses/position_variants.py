@@ -840,17 +840,16 @@ def _skipped_caveat(accuracy: pd.DataFrame) -> str:
     )
 
 
-def write_report(
-    out: Path, settings: Settings, tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame], seconds: float
-) -> None:
+def write_tables_and_figures(
+    out: Path, tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame], variants: Sequence[str]
+) -> dict[str, Figure]:
+    """Every table of a variant study as CSV (raw per-model ones and the summaries) and its figures as PNG, in
+    ``out``; the figures written, by file name. Shared with :mod:`analyses.efficient_attention`."""
     out.mkdir(parents=True, exist_ok=True)
     tables["accuracy"].to_csv(out / "accuracy.csv", index=False)
-    summary["accuracy_cells"].to_csv(out / "accuracy_cells.csv", index=False)
-    summary["recovery"].to_csv(out / "recovery.csv", index=False)
-    summary["recovery_by_seed"].to_csv(out / "recovery_by_seed.csv", index=False)
-    summary["gaps"].to_csv(out / "gaps.csv", index=False)
-    summary["layer_position"].to_csv(out / "layer_position.csv", index=False)
     tables["layers"].to_csv(out / "layer_position_by_seed.csv", index=False)
+    for name, table in summary.items():
+        table.to_csv(out / f"{name}.csv", index=False)
     profile = (
         tables["profiles"]
         .groupby(["task", "variant", "layer", "distance"], sort=False)[
@@ -859,15 +858,45 @@ def write_report(
         .mean()
     )
     profile.reset_index().to_csv(out / "distance_profile.csv", index=False)
-
-    figures = {"accuracy.png": accuracy_figure(summary["accuracy_cells"], settings.variants)}
-    figures["distance_profile.png"] = profile_figure(tables["profiles"], settings.variants)
+    figures = {
+        "accuracy.png": accuracy_figure(summary["accuracy_cells"], variants),
+        "distance_profile.png": profile_figure(tables["profiles"], variants),
+    }
     if not summary["recovery"].empty:
-        figures["recovery.png"] = recovery_figure(summary["recovery"], settings.variants)
+        figures["recovery.png"] = recovery_figure(summary["recovery"], variants)
     if not summary["gaps"].empty:
-        figures["gap_vs_erasure.png"] = gap_figure(summary["gaps"], settings.variants)
+        figures["gap_vs_erasure.png"] = gap_figure(summary["gaps"], variants)
     for name, figure in figures.items():
         save_figure(figure, out / name)
+    return figures
+
+
+def recovery_sections(recovery: pd.DataFrame, tasks: Sequence[str], variants: Sequence[str]) -> list[str]:
+    """Markdown: per task, every method's R-precision (95% CI) per variant, and the exact chance level."""
+    lines: list[str] = []
+    for task in tasks:
+        rows = recovery[recovery["task"] == task] if not recovery.empty else recovery
+        if rows.empty:
+            lines += [f"`{task}`: no model learned it.", ""]
+            continue
+        present = [v for v in variants if v in set(rows["variant"])]
+        table = pd.DataFrame(
+            [
+                {"method": method, **{v: _cell(_lookup(rows, variant=v, method=method), "precision") for v in present}}
+                for method in ALL_METHODS
+                if method in set(rows["method"])
+            ]
+        )
+        chance = rows.groupby("variant")["chance_precision"].first().reindex(present)
+        table.loc[len(table)] = {"method": "*chance (exact)*", **{v: f"{chance[v]:.2f}" for v in present}}
+        lines += [f"### `{task}`", "", markdown_table(table), ""]
+    return lines
+
+
+def write_report(
+    out: Path, settings: Settings, tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame], seconds: float
+) -> None:
+    figures = write_tables_and_figures(out, tables, summary, settings.variants)
 
     facts = headline(summary, settings)
     n_models = len(tables["accuracy"])
@@ -936,22 +965,7 @@ def write_report(
         "",
     ]
     recovery = summary["recovery"]
-    for task in settings.tasks:
-        rows = recovery[recovery["task"] == task] if not recovery.empty else recovery
-        if rows.empty:
-            lines += [f"`{task}`: no model learned it.", ""]
-            continue
-        variants = [v for v in settings.variants if v in set(rows["variant"])]
-        table = pd.DataFrame(
-            [
-                {"method": method, **{v: _cell(_lookup(rows, variant=v, method=method), "precision") for v in variants}}
-                for method in ALL_METHODS
-                if method in set(rows["method"])
-            ]
-        )
-        chance = rows.groupby("variant")["chance_precision"].first().reindex(variants)
-        table.loc[len(table)] = {"method": "*chance (exact)*", **{v: f"{chance[v]:.2f}" for v in variants}}
-        lines += [f"### `{task}`", "", markdown_table(table), ""]
+    lines += recovery_sections(recovery, settings.tasks, settings.variants)
     if "recovery.png" in figures:
         lines += ["![recovery](recovery.png)", ""]
     offset = recovery[recovery["task"] == "offset"] if not recovery.empty else recovery
