@@ -34,6 +34,7 @@ from attn_probe.store import (
     select_sample,
 )
 from tests.store.faults import REASON, disk_fills_up, read_only, snapshot, unreadable
+from tests.threads import one_torch_thread
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["raw_attention", "attention_rollout", "saliency", "leave_one_out"]
@@ -59,10 +60,8 @@ RUN = {"methods": METHODS, "checks": CHECKS, "progress": False}
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One torch thread: many tiny batches on a shared machine are many times slower with a thread pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

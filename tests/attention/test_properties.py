@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from attn_probe.attention import POSITION_VARIANTS, DecoderLM, EncoderClassifier, MultiHeadAttention, make_position
 from attn_probe.attention.models import TransformerConfig
+from tests.threads import one_torch_thread
 
 PROPERTIES = settings(
     deadline=None,
@@ -36,10 +37,8 @@ PROPERTIES = settings(
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny tensors: threads only add overhead (and noise on a shared machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from attn_probe.compare.counterfactual import (
 )
 from tests.capture.families import batch, build
 from tests.methods.models import single
+from tests.threads import one_torch_thread
 
 LENGTHS = (8, 5, 11, 6)
 LABELS = (1, 0, 1, 1)
@@ -38,10 +39,8 @@ NUMERIC = [
 def _one_thread():
     """The adversarial loops run hundreds of tiny passes; on a shared, oversubscribed CPU, OpenMP threads that
     wait for each other made them 20x slower (seen: 1.5 s -> 30 s). One thread is as fast here and stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def known(builder):

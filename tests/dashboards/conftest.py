@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from attn_probe import Probe
+from tests.threads import one_torch_thread
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 TEXTS = ["a gorgeous, witty movie", "dull and slow, a lifeless film", "superb acting", "it is what it is"]
@@ -41,10 +41,8 @@ def app(monkeypatch) -> Iterator[AppTest]:
     """The dashboard as AppTest sees it, started without a run directory (the Explore page opens)."""
     monkeypatch.delenv("ATTN_PROBE_RUN_DIR", raising=False)
     monkeypatch.setattr("sys.argv", ["app.py"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # AppTest runs the pages in this process: tiny models, steady on a shared machine
-    yield AppTest.from_file(str(APP), default_timeout=180)
-    torch.set_num_threads(threads)
+    with one_torch_thread():  # AppTest runs the pages in this process: tiny models, steady on a shared machine
+        yield AppTest.from_file(str(APP), default_timeout=180)
 
 
 def page(app: AppTest, name: str) -> AppTest:

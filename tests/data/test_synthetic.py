@@ -10,6 +10,7 @@ from attn_probe.attention import TransformerConfig
 from attn_probe.attention.toy_tasks import CLS, IGNORE, PAD, SEP
 from attn_probe.attention.training import build_model, train
 from attn_probe.data.synthetic import MarkedToken, OffsetToken, SyntheticBatch, TokenPair
+from tests.threads import one_torch_thread
 
 TASKS = {
     "marked": MarkedToken(),
@@ -194,10 +195,8 @@ def test_invalid_settings_are_refused():
 @pytest.fixture
 def one_thread():
     """Tiny models train faster on one thread, and far faster when the two shared cores are busy elsewhere."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def config(task) -> TransformerConfig:

@@ -21,6 +21,7 @@ import torch
 from attn_probe import Probe, load_run
 from attn_probe.capture import NonFiniteError
 from attn_probe.cli import EXIT_BAD_INPUT, main
+from tests.threads import one_torch_thread
 
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need Ray: pip install 'attn_probe[ray]'")
 pytestmark = pytest.mark.slow
@@ -31,8 +32,11 @@ METHODS = ["raw_attention", "attention_rollout", "saliency"]
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
+    """A local Ray for the module, and one torch thread here as in each worker: the local runs compared with
+    Ray's then sum in the same order, so their tables are equal exactly."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    with one_torch_thread():
+        yield
     ray.shutdown()
 
 
@@ -47,7 +51,6 @@ def model_dir(tmp_path_factory, tokenizer, tiny_bert) -> Path:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, model_dir):
     """The reference: the same dataset run by the local engine."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("local") / "run"
     Probe.load(str(model_dir)).run(TEXTS, out, methods=METHODS, batch_size=2, sample=5, progress=False)
     return load_run(out)

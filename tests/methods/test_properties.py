@@ -33,6 +33,7 @@ from attn_probe.methods.flow import flow_matrix, flow_to, layer_flows_to
 from attn_probe.methods.graph import residual_attention
 from tests.capture.families import VOCAB, build
 from tests.methods.models import our_decoder, our_encoder
+from tests.threads import one_torch_thread
 
 PROPERTIES = settings(
     deadline=None,
@@ -58,10 +59,8 @@ SHARES = ("attention_rollout", "alti", "value_zeroing")
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny tensors: threads only add overhead (and noise on a shared machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------

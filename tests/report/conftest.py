@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 from attn_probe.probe import Probe
 from attn_probe.store import Run, load_run
+from tests.threads import one_torch_thread
 
 METHODS = ["raw_attention", "attention_rollout", "saliency", "leave_one_out"]
 CHECKS = ["agreement", "erasure", "sinks", "position", "counterfactuals"]
@@ -26,10 +26,8 @@ IMG = '"><img src=x onerror=alert(1)>'
 
 @pytest.fixture(scope="package", autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
