@@ -81,7 +81,7 @@ RUN_METHODS = (
     "leave_one_out",
 )
 SMOKE_METHODS = ("raw_attention", "attention_rollout", "input_x_gradient", "leave_one_out")
-CHECKS = ("agreement", "erasure", "sinks", "position", "counterfactuals")
+CHECKS = ("agreement", "erasure", "flips", "sinks", "position", "counterfactuals")
 EXTRA_METHODS = ("value_zeroing",)  # computed in the second pass, beside the attention methods
 BASELINES = ("random", "position_first", "position_last")
 REFERENCES = ("leave_one_out", "integrated_gradients")  # what agreement is measured against

@@ -47,7 +47,7 @@ from attn_probe.methods.gradient import ConvergenceWarning
 from attn_probe.models.families import detect_family
 
 DEFAULT_METHODS = ("raw_attention", "attention_rollout", "attention_flow", "integrated_gradients", "leave_one_out")
-DEFAULT_CHECKS = ("agreement", "erasure", "sinks", "position", "counterfactuals")
+DEFAULT_CHECKS = ("agreement", "erasure", "flips", "sinks", "position", "counterfactuals")
 RUN_TABLES = ("examples", "scores", "findings", "attention", "flags")  # + one table per comparison (evidence name)
 JUDGED_FAMILIES = ("attention", "hybrid")  # explanations read from attention weights: the ones judged
 REFERENCE_FAMILIES = ("gradient", "perturbation")  # what they are judged against

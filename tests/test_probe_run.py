@@ -38,7 +38,7 @@ from tests.threads import one_torch_thread
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["raw_attention", "attention_rollout", "saliency", "leave_one_out"]
-CHECKS = ["agreement", "erasure", "sinks"]
+CHECKS = ["agreement", "erasure", "flips", "sinks"]
 TABLES = ["examples", "scores", "findings", "attention", "agreement", "eraser", "flips", "sinks", "head_agreement"]
 EVIDENCE = ["agreement", "eraser", "flips", "sinks", "head_agreement"]  # the comparisons these checks make
 TEXTS = [

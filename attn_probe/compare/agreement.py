@@ -8,7 +8,8 @@ computed on the same batch, one example at a time, on that example's real tokens
   Attention methods pile weight on them while gradient methods often do not, so leaving them in can make
   two methods look more (or less) alike for reasons unrelated to the content tokens.
 
-Statistics (all from :mod:`scipy.stats`, on the same vectors of ``n_tokens`` scores):
+Statistics (on the same vectors of ``n_tokens`` scores; computed for many pairs at once by
+:mod:`attn_probe.compare.rank_stats`, equal to :mod:`scipy.stats`' to 1e-12):
 
 - ``kendall_tau``, ``kendall_p``: Kendall's tau-b (ties corrected) and its two-sided p-value
   (Kendall 1938; :func:`scipy.stats.kendalltau`, exact p for small samples without ties).
@@ -48,8 +49,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
+from attn_probe.compare.rank_stats import pair_statistics
 from attn_probe.methods.base import Explanation
 
 AGREEMENT_COLUMNS = [
@@ -67,7 +68,7 @@ AGREEMENT_COLUMNS = [
     "topk_tau",
     "topk_jaccard",
 ]
-_STATISTICS = AGREEMENT_COLUMNS[5:]
+_STATISTICS = AGREEMENT_COLUMNS[5:]  # == rank_stats.STATISTICS
 
 
 def rank_agreement(
@@ -175,14 +176,16 @@ def layer_agreement(
     reference_np = _as_numpy(reference.scores)  # [b, n]
     _check_finite(view_np[np.broadcast_to(masks[:, None, None, :], view_np.shape)], layered.method, f"{level}_scores")
     _check_finite(reference_np[masks], reference.method, "scores")
-    rows = []
+    heads = num_layers * num_heads
+    layer_of, head_of = np.divmod(np.arange(heads), num_heads)
+    parts = []
     for example in range(batch):
         keep = masks[example]
-        y = _prepare(reference_np[example, keep], absolute)
-        for layer in range(num_layers):
-            for head in range(num_heads):
-                x = _prepare(view_np[example, layer, head, keep], absolute)
-                rows.append([example, layer, head, *_pair_statistics(x, y, k)])
+        x = _prepare(view_np[example][..., keep].reshape(heads, -1), absolute)  # [L * H', m]
+        y = _prepare(reference_np[example, keep][None, :], absolute)  # [1, m]: one reference for every head
+        statistics = pair_statistics(x, y, k)
+        parts.append(np.column_stack([np.full(heads, example), layer_of, head_of, statistics]))
+    rows = np.concatenate(parts) if parts else np.zeros((0, 3 + len(_STATISTICS)))
     frame = pd.DataFrame(rows, columns=["example_id", "layer", "head", *_STATISTICS])
     # head is nullable (NA at level="layer") so that both levels share one schema and stack cleanly.
     frame = frame.astype({"example_id": "int64", "layer": "int64", "head": "Int64", "n_tokens": "int64", "k": "int64"})
@@ -209,27 +212,13 @@ def _agreement(
     rows = []
     for example in range(scores_a.shape[0]):
         keep = masks[example]
-        x = _prepare(scores_a[example, keep], absolute)
-        y = _prepare(scores_b[example, keep], absolute)
-        rows.append([example, name_a, name_b, bool(absolute), bool(include_special), *_pair_statistics(x, y, k)])
+        x = _prepare(scores_a[example, keep][None, :], absolute)
+        y = _prepare(scores_b[example, keep][None, :], absolute)
+        rows.append([example, name_a, name_b, bool(absolute), bool(include_special), *pair_statistics(x, y, k)[0]])
     if not rows:
         return _empty(AGREEMENT_COLUMNS)
     frame = pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
     return frame.astype({"example_id": "int64", "n_tokens": "int64", "k": "int64"})
-
-
-def _pair_statistics(x: np.ndarray, y: np.ndarray, k: int) -> list[float | int]:
-    """``[n_tokens, k, kendall_tau, kendall_p, spearman_rho, spearman_p, topk_tau, topk_jaccard]`` of two
-    aligned score vectors ``[n_tokens]`` (already restricted to the compared tokens)."""
-    n = int(x.shape[0])
-    k_effective = min(k, n)
-    tau, tau_p = _kendall(x, y)
-    rho, rho_p = _spearman(x, y)
-    top_a, top_b = top_k(x, k_effective), top_k(y, k_effective)
-    union = np.union1d(top_a, top_b)
-    jaccard = len(np.intersect1d(top_a, top_b)) / len(union) if len(union) else float("nan")
-    topk_tau, _ = _kendall(x[union], y[union])
-    return [n, k_effective, tau, tau_p, rho, rho_p, topk_tau, jaccard]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -239,26 +228,6 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     result never depends on the sorting algorithm (``np.argsort``'s default quicksort is not stable).
     """
     return np.argsort(-scores, kind="stable")[:k]
-
-
-def _kendall(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    # Checked here rather than left to scipy: scipy warns (ConstantInputWarning) and we want a silent NaN.
-    if _undefined(x, y):
-        return float("nan"), float("nan")
-    result = stats.kendalltau(x, y)
-    return float(result.statistic), float(result.pvalue)
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    if _undefined(x, y):
-        return float("nan"), float("nan")
-    result = stats.spearmanr(x, y)
-    return float(result.statistic), float(result.pvalue)
-
-
-def _undefined(x: np.ndarray, y: np.ndarray) -> bool:
-    """A correlation needs two tokens and some variation in each ranking."""
-    return x.shape[0] < 2 or bool(np.all(x == x[0])) or bool(np.all(y == y[0]))
 
 
 def _prepare(scores: np.ndarray, absolute: bool) -> np.ndarray:

@@ -42,7 +42,8 @@ Protocol shared by all of them:
   ids, so an example gets the same random orders whatever batch it is in.
 - **Batched**: every perturbed copy of every example of one call joins one list of rows, run ``batch_size``
   rows per forward pass (default: what ``memory_budget_bytes`` allows, see
-  :func:`attn_probe.methods.gradient.rows_within_budget`); identical copies (the full input, the all-erased
+  :func:`attn_probe.methods.gradient.rows_within_budget`), copies of similar length together and each pass cut
+  to its longest copy (:mod:`attn_probe.methods.passes`); identical copies (the full input, the all-erased
   input, the random orders shared between methods) run once.
 
 Every function returns tidy pandas DataFrames with ``example_id`` (the row in the batch), ``method`` and
@@ -64,6 +65,7 @@ import torch
 from attn_probe.capture import target_value
 from attn_probe.methods.base import ExplainContext, Explanation
 from attn_probe.methods.gradient import memory_budget, pad_id, rows_within_budget
+from attn_probe.methods.passes import can_trim, length_passes, padding_allowance, trimmed_inputs
 
 Mode = Literal["replace", "drop"]
 MODES = ("replace", "drop")
@@ -518,8 +520,12 @@ class _Erasure:
         self.pad = pad_id(ctx)
         if batch_size is None:
             budget = memory_budget(ctx, memory_budget_bytes)
-            batch_size = rows_within_budget(ctx, self.n, budget, backward=False)
-        self.rows_per_pass = _check_positive("batch_size", batch_size)
+            self.rows_for_width = lambda width: rows_within_budget(ctx, width, budget, backward=False)
+        else:
+            rows = _check_positive("batch_size", batch_size)
+            self.rows_for_width = lambda width: rows
+        self.trim = mode == "drop" or can_trim(ctx)  # drop mode re-pads every pass to its own width anyway
+        self.allowance = padding_allowance(self.device)
         self._cache: dict[tuple[int, bytes], tuple[float, float, int]] = {}
         self.predicted: torch.Tensor | None = None  # [batch], set by the first pass below
         batch = ids.shape[0]
@@ -602,15 +608,16 @@ class _Erasure:
         self, keys: list[tuple[int, bytes]], rows: torch.Tensor, examples: torch.Tensor, erase: torch.Tensor
     ) -> None:
         rows = rows.to(self.device)
-        if self.mode == "drop":  # similar lengths together: less padding per pass
-            kept = (self.real[examples[rows]] & ~erase[rows]).sum(dim=1)
-            order = torch.sort(kept, stable=True).indices
-            rows = rows[order]
-            keys = [keys[int(j)] for j in order.cpu()]
+        if not self.trim:  # left padding: every pass keeps the batch's width
+            lengths = torch.full((len(rows),), self.n)
+        elif self.mode == "drop":
+            lengths = (self.real[examples[rows]] & ~erase[rows]).sum(dim=1).cpu()
+        else:
+            lengths = self.real[examples[rows]].sum(dim=1).cpu()
         with torch.no_grad():
-            for start in range(0, len(rows), self.rows_per_pass):
-                part = rows[start : start + self.rows_per_pass]
-                inputs, resolved = self._inputs(examples[part], erase[part])
+            for chosen in length_passes(lengths.numpy(), self.rows_for_width, self.allowance):
+                part = rows[torch.as_tensor(chosen, device=self.device)]
+                inputs, resolved = self._inputs(examples[part], erase[part], int(lengths[chosen].max()))
                 logits = self.ctx.logits(**inputs)
                 value = target_value(resolved, logits).double().cpu()
                 if resolved.positions is None:
@@ -625,20 +632,21 @@ class _Erasure:
                     probability = torch.full((len(part),), math.nan, dtype=torch.float64)
                 else:
                     probability = scores.softmax(dim=-1).gather(-1, predicted[:, None])[:, 0].double().cpu()
-                for j, key in enumerate(keys[start : start + self.rows_per_pass]):
-                    self._cache[key] = (float(value[j]), float(probability[j]), int(top[j]))
+                for j, r in enumerate(chosen.tolist()):
+                    self._cache[keys[r]] = (float(value[j]), float(probability[j]), int(top[j]))
 
-    def _inputs(self, examples: torch.Tensor, erase: torch.Tensor):
-        """Model inputs and the target for copies ``(examples[r], erase[r])``."""
+    def _inputs(self, examples: torch.Tensor, erase: torch.Tensor, width: int):
+        """Model inputs and the target for copies ``(examples[r], erase[r])``; in replace mode the inputs are cut
+        to ``width`` columns (the pass's longest example; drop mode finds its own width)."""
         ctx = self.ctx
         resolved = ctx.target.take(examples)
         if self.mode == "replace":
-            inputs = {key: value[examples] for key, value in ctx.inputs.items()}
-            inputs["input_ids"] = inputs["input_ids"].masked_fill(erase, self.replacement)
+            inputs = trimmed_inputs(ctx, examples, width)
+            inputs["input_ids"] = inputs["input_ids"].masked_fill(erase[:, :width], self.replacement)
             return inputs, resolved
         keep = self.real[examples] & ~erase  # [r, n]
         count = keep.sum(dim=1)  # [r]
-        width = int(count.max())
+        width = max(1, int(count.max()))  # a copy with every token deleted still needs one (padding) column
         # kept columns first, in their order: a stable sort of "is dropped"
         order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # [r, n]
         offset = width - count if self.left_padded else torch.zeros_like(count)  # [r] padding in front

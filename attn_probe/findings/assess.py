@@ -12,9 +12,9 @@ Protocol (all on one batch, for one resolved target, shared by every step):
 2. ``agreement``: Kendall / Spearman / top-k of every pair, ranked by ``|score|`` (signed gradients against
    non-negative attention), special tokens excluded; and of every head of the attention methods that have a
    per-head view (``raw_attention``, ``attention_norm``) with each reference;
-3. ``erasure``: ERASER comprehensiveness / sufficiency and decision flips against 10 random orders (shared by
-   every method), ranked by the signed score (the tokens that support the prediction), special tokens never
-   erased;
+3. ``erasure``: ERASER comprehensiveness / sufficiency, ranked by the signed score (the tokens that support the
+   prediction), special tokens never erased; ``flips``: decision flips of the same rankings against 10 random
+   orders (shared by every method; the dearer of the two: every order deletes until the decision flips);
 4. ``sinks`` and ``position``: read from the shared capture;
 5. ``counterfactuals``: every layer of ``layers`` (default all) permuted (3 seeds), made uniform and frozen to
    its position-only pattern, all heads together (``heads="each"`` for per-head verdicts);
@@ -50,7 +50,7 @@ from attn_probe.findings.summary import summarise
 from attn_probe.findings.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from attn_probe.methods.base import ExplainContext, Explanation, get_method
 
-CHECKS = ("agreement", "erasure", "sinks", "position", "counterfactuals", "adversarial", "randomisation")
+CHECKS = ("agreement", "erasure", "flips", "sinks", "position", "counterfactuals", "adversarial", "randomisation")
 DEFAULT_ATTENTION_METHODS = ("raw_attention", "attention_rollout")
 DEFAULT_REFERENCE_METHODS = ("integrated_gradients", "leave_one_out")
 
@@ -130,12 +130,16 @@ def assess(
             found.append(
                 verdicts.head_disagrees(evidence["head_agreement"], evidence["agreement"], references, thresholds)
             )
-    if "erasure" in chosen:
-        # One erasure cache for every method: the random deletion orders (the flips' baseline) run once.
-        report = faithfulness_report(context, explanations, protocols=("eraser", "flips"), seed=seed)
-        evidence["eraser"], evidence["flips"] = report.eraser, report.flips
-        found.append(verdicts.erasure_prefers_attributions(evidence["eraser"], attention, references, thresholds))
-        found.append(verdicts.attention_no_better_than_random(evidence["flips"], attention))
+    protocols = tuple(protocol for protocol, check in (("eraser", "erasure"), ("flips", "flips")) if check in chosen)
+    if protocols:
+        # One erasure cache for every method and both checks: the full inputs and the random orders run once.
+        report = faithfulness_report(context, explanations, protocols=protocols, seed=seed)
+        if "erasure" in chosen:
+            evidence["eraser"] = report.eraser
+            found.append(verdicts.erasure_prefers_attributions(report.eraser, attention, references, thresholds))
+        if "flips" in chosen:
+            evidence["flips"] = report.flips
+            found.append(verdicts.attention_no_better_than_random(report.flips, attention))
     if "sinks" in chosen:
         special = context.batch.special_tokens_mask.bool() if context.batch is not None else None
         evidence["sinks"] = attention_sinks(context.capture(), special)

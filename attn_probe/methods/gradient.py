@@ -41,6 +41,7 @@ from torch import nn
 
 from attn_probe.capture import ResolvedTarget, target_value
 from attn_probe.methods.base import ExplainContext, Explanation, MethodInfo, register
+from attn_probe.methods.passes import can_trim, length_passes, padding_allowance, real_lengths, trimmed_inputs
 
 CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes, when no budget is given and the model is not on a CUDA device
 CUDA_BUDGET_FRACTION = 0.5  # of the free CUDA memory, when no budget is given
@@ -295,21 +296,31 @@ def _check_positive(name: str, value: Any) -> int:
 # saliency and input x gradient
 # ----------------------------------------------------------------------------------------------------
 def _layer_gradients(ctx: ExplainContext, *, multiply_by_inputs: bool, memory_budget_bytes: int | None):
-    """``[batch, n, hidden]`` captum's layer gradient (x activation) at the embedding output, chunked."""
+    """``[batch, n, hidden]`` captum's layer gradient (x activation) at the embedding output, and the most rows
+    of any pass; similar lengths share a pass, cut to their longest (:mod:`attn_probe.methods.passes`)."""
     batch, n = ctx.input_ids.shape
-    rows = torch.arange(batch, device=ctx.input_ids.device)
-    names, _ = forward_arguments(ctx.inputs, rows)
+    device = ctx.input_ids.device
+    names, _ = forward_arguments(ctx.inputs, torch.arange(batch, device=device))
     method = LayerGradientXActivation(
         target_forward(ctx, ctx.target, names), ctx.embedding_layer(), multiply_by_inputs=multiply_by_inputs
     )
-    size = rows_within_budget(ctx, n, memory_budget(ctx, memory_budget_bytes))
-    parts = []
-    for start in range(0, batch, size):
-        part = rows[start : start + size]
-        inputs = gather_inputs(ctx, part)
+    budget = memory_budget(ctx, memory_budget_bytes)
+    lengths = real_lengths(ctx).cpu() if can_trim(ctx) else torch.full((batch,), n)
+    pieces = []
+    for chosen in length_passes(
+        lengths.numpy(), lambda width: rows_within_budget(ctx, width, budget), padding_allowance(device)
+    ):
+        part = torch.as_tensor(chosen, device=device)
+        width = int(lengths[chosen].max())
+        inputs = trimmed_inputs(ctx, part, width)
         _, arguments = forward_arguments(inputs, part)
-        parts.append(method.attribute(inputs["input_ids"], additional_forward_args=arguments).detach().float())
-    return torch.cat(parts), size
+        gradients = method.attribute(inputs["input_ids"], additional_forward_args=arguments).detach().float()
+        pieces.append((part, width, gradients))  # gradients [len(part), width, hidden]
+    hidden = pieces[0][2].shape[-1] if pieces else 0
+    out = torch.zeros(batch, n, hidden, device=device)  # [batch, n, hidden]; padding cells stay 0
+    for part, width, gradients in pieces:
+        out[part, :width] = gradients.to(device)
+    return out, max((len(part) for part, _, _ in pieces), default=0)
 
 
 SALIENCY = MethodInfo(
@@ -367,7 +378,7 @@ INTEGRATED_GRADIENTS = MethodInfo(
     id="integrated_gradients",
     family="gradient",
     needs_gradients=True,
-    cost="n_steps x (forward + backward) + 4 forwards (layer outputs, convergence check)",
+    cost="n_steps x (forward + backward) + 4 forwards (embeddings and target at the input and the baseline)",
     sign="signed: positive pushes the target up; per example the scores sum to f(input) - f(baseline) "
     "(completeness; the remainder is details['convergence_delta'])",
     description="Gradients integrated along the straight line from the baseline's token embeddings ([MASK] or "
@@ -397,49 +408,59 @@ def integrated_gradients(
 
     ``details``: ``convergence_delta`` ``[batch]`` (sum of the scores minus ``f(input) - f(baseline)``),
     ``relative_convergence_delta``, ``target_at_input``, ``target_at_baseline``, ``baseline_ids``,
-    ``internal_batch_size``, ``examples_per_call``, ``estimated_bytes_per_row``, ``memory_budget_bytes``.
+    ``internal_batch_size`` and ``examples_per_call`` (the largest of any call), ``passes`` (per captum call:
+    ``examples``, ``width``, ``internal_batch_size``; examples of similar length share a call, cut to the longest
+    of them, see :mod:`attn_probe.methods.passes`), ``estimated_bytes_per_row`` (at the batch's width),
+    ``memory_budget_bytes``.
     """
     n_steps = _check_positive("n_steps", n_steps)
     if delta_tolerance < 0:
         raise ValueError(f"delta_tolerance must be >= 0, got {delta_tolerance}")
+    if internal_batch_size is not None:
+        internal_batch_size = _check_positive("internal_batch_size", internal_batch_size)
     batch, n = ctx.input_ids.shape
     device = ctx.input_ids.device
-    rows = torch.arange(batch, device=device)
     budget = memory_budget(ctx, memory_budget_bytes)
-    per_row = estimate_bytes_per_row(ctx, n)
-    if internal_batch_size is None:
-        fit = max(1, budget // per_row)
-        examples_per_call = min(batch, fit)  # below the batch size captum refuses to split: we split the examples
-        chosen = examples_per_call * min(n_steps, max(1, fit // examples_per_call))
-    else:
-        chosen = _check_positive("internal_batch_size", internal_batch_size)
-        examples_per_call = min(batch, chosen)
-    baselines = baseline_ids(ctx)
+    baselines = baseline_ids(ctx)  # [batch, n]
+    names, _ = forward_arguments(ctx.inputs, torch.arange(batch, device=device))
+    lig = LayerIntegratedGradients(target_forward(ctx, ctx.target, names), ctx.embedding_layer())
 
-    names, _ = forward_arguments(ctx.inputs, rows)
-    forward = target_forward(ctx, ctx.target, names)
-    lig = LayerIntegratedGradients(forward, ctx.embedding_layer())
-    scores, deltas = [], []
-    for start in range(0, batch, examples_per_call):
-        part = rows[start : start + examples_per_call]
-        inputs = gather_inputs(ctx, part)
+    def rows_that_fit(width: int) -> int:  # (example, step) rows of this width one forward + backward can hold
+        return max(1, budget // estimate_bytes_per_row(ctx, width))
+
+    def examples_for_width(width: int) -> int:  # examples per captum call: all their steps at once, if they fit
+        return internal_batch_size if internal_batch_size is not None else max(1, rows_that_fit(width) // n_steps)
+
+    # Similar lengths share a call, cut to their longest (attn_probe.methods.passes): no pass pays for the batch's
+    # longest example. The target at the input and at the baseline (for the convergence delta) runs on the same cut.
+    trim = can_trim(ctx)
+    lengths = real_lengths(ctx).cpu() if trim else torch.full((batch,), n)
+    scores_t = torch.zeros(batch, n, device=device)
+    at_input = torch.zeros(batch, device=device)
+    at_baseline = torch.zeros(batch, device=device)
+    passes = []
+    for chosen in length_passes(lengths.numpy(), examples_for_width, padding_allowance(device)):
+        part = torch.as_tensor(chosen, device=device)
+        width = int(lengths[chosen].max())
+        inputs = trimmed_inputs(ctx, part, width)
+        rows = internal_batch_size or max(len(part), min(len(part) * n_steps, rows_that_fit(width)))
         _, arguments = forward_arguments(inputs, part)
-        attributions, delta = lig.attribute(
+        attributions = lig.attribute(
             inputs["input_ids"],
-            baselines=baselines[part],
+            baselines=baselines[part, :width],
             additional_forward_args=arguments,
             n_steps=n_steps,
             method=method,
-            internal_batch_size=chosen if chosen < part.shape[0] * n_steps else None,
-            return_convergence_delta=True,
+            internal_batch_size=rows if rows < len(part) * n_steps else None,
         )
-        scores.append(attributions.detach().float().sum(dim=-1))
-        deltas.append(delta.detach().float())
-    scores_t, delta_t = torch.cat(scores), torch.cat(deltas)
-
-    forward_rows = rows_within_budget(ctx, n, budget, backward=False)
-    at_input = evaluate(ctx, ctx.target, ctx.inputs, rows, forward_rows)
-    at_baseline = evaluate(ctx, ctx.target, {**ctx.inputs, "input_ids": baselines}, rows, forward_rows)
+        scores_t[part, :width] = attributions.detach().float().sum(dim=-1)
+        forward_rows = max(len(part), rows_within_budget(ctx, width, budget, backward=False))
+        at_input[part] = evaluate(ctx, ctx.target, inputs, part, forward_rows)
+        baseline_inputs = {**inputs, "input_ids": baselines[part, :width]}
+        at_baseline[part] = evaluate(ctx, ctx.target, baseline_inputs, part, forward_rows)
+        passes.append({"examples": len(part), "width": width, "internal_batch_size": min(rows, len(part) * n_steps)})
+    # completeness: the scores should sum to f(input) - f(baseline); what they miss is the convergence delta
+    delta_t = scores_t.sum(dim=1) - (at_input - at_baseline)
     difference = (at_input - at_baseline).abs()
     relative = delta_t.abs() / difference.clamp_min(1e-12)
     bad = not_converged(delta_t, relative, delta_tolerance)
@@ -460,9 +481,10 @@ def integrated_gradients(
         "target_at_input": at_input.cpu(),
         "target_at_baseline": at_baseline.cpu(),
         "baseline_ids": baselines.cpu(),
-        "internal_batch_size": chosen,
-        "examples_per_call": examples_per_call,
-        "estimated_bytes_per_row": per_row,
+        "internal_batch_size": max((p["internal_batch_size"] for p in passes), default=0),
+        "examples_per_call": max((p["examples"] for p in passes), default=0),
+        "passes": passes,
+        "estimated_bytes_per_row": estimate_bytes_per_row(ctx, n),
         "memory_budget_bytes": budget,
     }
     options = {

@@ -270,22 +270,39 @@ def test_left_padded_language_model_batch_equals_single_examples():
         assert together.loc[i, "sufficiency"] == pytest.approx(alone.loc[0, "sufficiency"], abs=1e-4)
 
 
-def test_one_forward_pass_per_level_for_the_whole_batch_and_batch_size_caps_it():
+def test_one_forward_pass_per_level_and_length_and_batch_size_caps_it(monkeypatch):
+    import attn_probe.methods.passes as passes
+
     model, inputs = MODELS["our-encoder"]()
     ctx = ExplainContext(model, inputs)
     explanation = leave_one_out(ctx)
-    calls = []
-    handle = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    lengths = inputs["attention_mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) > 1  # the batch is padded: the lengths matter below
+    calls, widths = [], []
+
+    def record(module, args, kwargs):
+        calls.append(1)
+        widths.append(int(kwargs["input_ids"].shape[1]) if "input_ids" in kwargs else int(args[0].shape[1]))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        default = comprehensiveness_sufficiency(ctx, explanation).per_bin
+        monkeypatch.setattr(passes, "CPU_PADDING_ALLOWANCE", float("inf"))
+        whole = comprehensiveness_sufficiency(ctx, explanation).per_bin
         assert len(calls) == 2  # the full inputs, then every "without top k" and "top k only" copy together
         calls.clear()
+        widths.clear()
+        monkeypatch.setattr(passes, "CPU_PADDING_ALLOWANCE", 0.0)
+        by_length = comprehensiveness_sufficiency(ctx, explanation).per_bin
+        # no padding allowed: one pass per distinct length, each as wide as its examples, for both levels
+        distinct = sorted(set(lengths.tolist()))
+        assert len(calls) == 2 * len(distinct) and sorted(set(widths)) == distinct
+        calls.clear()
         capped = comprehensiveness_sufficiency(ctx, explanation, batch_size=2).per_bin
-        # 2 full inputs (1 pass), then the distinct copies (bins sharing k run once), 2 per pass
-        assert len(calls) > 3
+        assert len(calls) > 2 * len(distinct)  # 2 copies per pass at most
     finally:
         handle.remove()
-    pd.testing.assert_frame_equal(default, capped, check_exact=False, atol=1e-5, rtol=0)
+    pd.testing.assert_frame_equal(whole, by_length, check_exact=False, atol=1e-5, rtol=0)
+    pd.testing.assert_frame_equal(whole, capped, check_exact=False, atol=1e-5, rtol=0)
 
 
 def test_the_report_stacks_methods_and_shares_forward_passes():

@@ -15,7 +15,7 @@ from tests.threads import one_torch_thread
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 TEXTS = ["a gorgeous, witty movie", "dull and slow, a lifeless film", "superb acting", "it is what it is"]
 METHODS = ["raw_attention", "attention_rollout", "leave_one_out", "saliency"]
-CHECKS = ["agreement", "erasure", "sinks", "counterfactuals"]
+CHECKS = ["agreement", "erasure", "flips", "sinks", "counterfactuals"]
 
 
 @pytest.fixture(scope="module")

@@ -157,18 +157,31 @@ def test_default_budget(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["hf-llama", "our-decoder"])
-def test_causal_lm_target_and_chosen_internal_batch_size(name):
+def test_causal_lm_target_and_chosen_internal_batch_size(name, monkeypatch):
     """Next token at the last real position of a right-padded batch; the budget decides the batching."""
+    import attn_probe.methods.passes as passes
+
     model, inputs = MODELS[name]()
     ctx = ExplainContext(model, inputs)
     assert ctx.is_language_model and ctx.target.positions.tolist() == [6, 3]
+    by_length = integrated_gradients(ctx, n_steps=50)  # lengths 7 and 4: one call each, at its own width
+    assert [(p["examples"], p["width"]) for p in by_length.details["passes"]] == [(1, 4), (1, 7)]
+    monkeypatch.setattr(passes, "CPU_PADDING_ALLOWANCE", float("inf"))  # any padding: one call for both
     free = integrated_gradients(ctx, n_steps=50)
     assert free.details["internal_batch_size"] == 100 and free.details["examples_per_call"] == 2
+    assert free.details["passes"] == [{"examples": 2, "width": 7, "internal_batch_size": 100}]
+    torch.testing.assert_close(by_length.scores, free.scores, rtol=1e-5, atol=1e-5)
     per_row = free.details["estimated_bytes_per_row"]
     assert per_row == estimate_bytes_per_row(ctx, inputs["input_ids"].shape[1])
 
     tight = integrated_gradients(ctx, n_steps=50, memory_budget_bytes=7 * per_row)
-    assert tight.details["internal_batch_size"] == 6 and tight.details["examples_per_call"] == 2
+    # not even one example's 50 steps fit: one example per call, 7 of its steps per forward + backward
+    # (the 4-token example fits 12 rows of its width)
+    assert tight.details["passes"] == [
+        {"examples": 1, "width": 4, "internal_batch_size": 12},
+        {"examples": 1, "width": 7, "internal_batch_size": 7},
+    ]
+    assert tight.details["internal_batch_size"] == 12 and tight.details["examples_per_call"] == 1
     assert tight.details["memory_budget_bytes"] == 7 * per_row
     tiny = integrated_gradients(ctx, n_steps=50, memory_budget_bytes=per_row)
     assert tiny.details["internal_batch_size"] == 1 and tiny.details["examples_per_call"] == 1

@@ -10,7 +10,7 @@ from attn_probe.store import Run, load_run
 from tests.threads import one_torch_thread
 
 METHODS = ["raw_attention", "attention_rollout", "saliency", "leave_one_out"]
-CHECKS = ["agreement", "erasure", "sinks", "position", "counterfactuals"]
+CHECKS = ["agreement", "erasure", "flips", "sinks", "position", "counterfactuals"]
 TEXTS = [
     "a gorgeous, witty movie",
     "dull <script>alert(1)</script>",
