@@ -121,13 +121,29 @@ def agreement_table(
             missing = [name for name in pair if name not in explanations]
             if missing:
                 raise ValueError(f"pair {pair!r} names {missing}, which are not among the explanations {names}")
-    frames = [
-        _agreement(explanations[x], explanations[y], x, y, k=k, absolute=absolute, include_special=include_special)
-        for x, y in chosen
-    ]
-    if not frames:
+    if not chosen:
         return _empty(AGREEMENT_COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+    for x, y in chosen:
+        _check_same_batch(explanations[x], explanations[y])
+    masks = _token_masks(explanations[chosen[0][0]], include_special)
+    scores = {}
+    for name in dict.fromkeys(name for pair in chosen for name in pair):
+        scores[name] = _as_numpy(explanations[name].scores)
+        _check_finite(scores[name][masks], name, "scores")
+    # every pair of one example in one stack: one vectorised call per example, rows in (pair, example) order
+    statistics = np.empty((len(chosen), masks.shape[0], len(_STATISTICS)))
+    for example in range(masks.shape[0]):
+        keep = masks[example]
+        x = _prepare(np.stack([scores[a][example, keep] for a, _ in chosen]), absolute)
+        y = _prepare(np.stack([scores[b][example, keep] for _, b in chosen]), absolute)
+        statistics[:, example] = pair_statistics(x, y, k)
+    frame = pd.DataFrame(statistics.reshape(-1, len(_STATISTICS)), columns=_STATISTICS)
+    frame.insert(0, "example_id", np.tile(np.arange(masks.shape[0]), len(chosen)))
+    frame.insert(1, "method_a", np.repeat([a for a, _ in chosen], masks.shape[0]))
+    frame.insert(2, "method_b", np.repeat([b for _, b in chosen], masks.shape[0]))
+    frame.insert(3, "absolute", bool(absolute))
+    frame.insert(4, "include_special", bool(include_special))
+    return frame.astype({"example_id": "int64", "n_tokens": "int64", "k": "int64"})
 
 
 def layer_agreement(

@@ -82,13 +82,13 @@ def _kendall(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ties_y = total - np.count_nonzero(sy, axis=1)
     tau = np.clip(concordance / np.sqrt(total - ties_x) / np.sqrt(total - ties_y), -1.0, 1.0)
     discordant = np.count_nonzero((sx * sy) < 0, axis=1)
+    out_of_order = np.minimum(discordant, total - discordant)
+    untied = (ties_x == 0) & (ties_y == 0)
+    exact = untied & ((m <= EXACT_KENDALL_MAX_TOKENS) | (out_of_order <= 1))
     pvalue = np.empty(len(tau))
-    for r in range(len(tau)):
-        if ties_x[r] == 0 and ties_y[r] == 0:
-            out_of_order = min(int(discordant[r]), total - int(discordant[r]))
-            if m <= EXACT_KENDALL_MAX_TOKENS or out_of_order <= 1:
-                pvalue[r] = kendall_exact_p(m, out_of_order)
-                continue
+    if exact.any():
+        pvalue[exact] = _exact_p_table(m)[np.minimum(out_of_order[exact], total // 2)]
+    for r in np.flatnonzero(~exact):
         pvalue[r] = _kendall_asymptotic_p(int(concordance[r]), m, x[r], y[r], int(ties_x[r]), int(ties_y[r]))
     return tau, pvalue
 
@@ -125,6 +125,18 @@ def _inversion_counts(m: int) -> tuple[int, ...]:
             out.append(window)
         counts = out
     return tuple(counts)
+
+
+@lru_cache(maxsize=64)
+def _exact_p_table(m: int) -> np.ndarray:
+    """``[m (m-1) / 4 + 1]``: :func:`kendall_exact_p` of ``m`` items at every count of pairs out of order up to half
+    (for ``m`` above :data:`EXACT_KENDALL_MAX_TOKENS` only counts 0 and 1 are asked for: the rest stay NaN)."""
+    half = m * (m - 1) // 4
+    if m > EXACT_KENDALL_MAX_TOKENS:
+        table = np.full(half + 1, np.nan)
+        table[: min(2, half + 1)] = [kendall_exact_p(m, c) for c in range(min(2, half + 1))]
+        return table
+    return np.array([kendall_exact_p(m, c) for c in range(half + 1)])
 
 
 def kendall_exact_p(m: int, out_of_order: int) -> float:

@@ -155,8 +155,10 @@ def head_disagrees(
     rows = []
     keys = ["example_id", "method_a", "layer", "head"]
     judged = head_agreement[head_agreement["method_b"].isin(references)]
-    for (example, method, layer, head), table in judged.groupby(keys, sort=True, dropna=False):
-        with_references = _mean(list(table["kendall_tau"].astype(float)))
+    # one mean per head over the references (NaN skipped, all-NaN stays NaN), without a sub-frame per group
+    means = judged.assign(tau=judged["kendall_tau"].astype(float)).groupby(keys, sort=True, dropna=False)["tau"].mean()
+    for (example, method, layer, head), with_references in means.items():
+        with_references = float(with_references)
         consensus = consensus_by_example.get(example, float("nan"))
         where = f"{_where(layer, head)} of {method}"
         if np.isnan(with_references):

@@ -49,12 +49,15 @@ def length_passes(
         raise ValueError(f"allowance must be >= 0 (padded cells per real cell), got {allowance}")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
+    fits: dict[int, int] = {}  # width -> rows_for_width(width), asked once per width (a memory estimate each)
     passes: list[np.ndarray] = []
     start, real = 0, 0
     for position, row in enumerate(order):
         width = max(int(lengths[row]), 1)  # ascending: the newest row is the widest
         count = position - start + 1
-        too_many = count > max(1, rows_for_width(width))
+        if width not in fits:
+            fits[width] = max(1, rows_for_width(width))
+        too_many = count > fits[width]
         too_padded = count * width > (1 + allowance) * max(real + int(lengths[row]), 1)
         if count > 1 and (too_many or too_padded):
             passes.append(order[start:position])

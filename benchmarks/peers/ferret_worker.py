@@ -19,6 +19,12 @@ Requests (``{"cmd": ...}``):
   re-tokenize of each perturbed text gives back the perturbed ids.
 - ``quit``.
 
+ferret installed without its dependencies (``pip install --no-deps``, e.g. on a machine without a network, beside
+another interpreter's transformers 5 and numpy 2): ``import ferret`` imports datasets, pytreebank, thermostat (which
+pulls in spaCy), lime and shap at module level, but nothing used here calls them (they serve its LIME and SHAP
+explainers and its data set loaders). Each one that is not installed is replaced by a placeholder module that
+raises if anything in it is used (:func:`placeholders`); ``load`` reports which ones stood in.
+
 This is the code a ferret user writes (``Benchmark(model, tokenizer, explainers=..., evaluators=...)``,
 ``bench.score``, ``bench.explain``, ``bench.evaluate_explanations``), restricted to the explainers and
 evaluators that have a counterpart in attn_probe.
@@ -37,9 +43,55 @@ import numpy as np  # noqa: E402
 STATE: dict = {}
 
 
+#: What ``import ferret`` (0.4.2) imports at module level and the code paths used here never call: name ->
+#: the submodules it imports from them (``from lime.lime_text import ...``, ``from shap.maskers import ...``).
+IMPORT_ONLY = {"datasets": (), "pytreebank": (), "thermostat": (), "lime": ("lime_text",), "shap": ("maskers",)}
+PLACEHOLDERS: list[str] = []  # the names of IMPORT_ONLY that placeholders stand in for in this process
+
+
+def placeholders() -> list[str]:
+    """Put a placeholder module in ``sys.modules`` for each package of :data:`IMPORT_ONLY` that is not installed
+    (an installed one is left alone); return their names. Any attribute of a placeholder is a function that raises
+    ``ImportError`` when called, so ``from lime.lime_text import LimeTextExplainer`` works and using it does not."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    def attribute(module: str):
+        def get(name: str):
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def unavailable(*args, **kwargs):
+                raise ImportError(f"{module}.{name}: {module.split('.')[0]} is not installed (a placeholder stands in)")
+
+            unavailable.__name__ = name
+            return unavailable
+
+        return get
+
+    made = []
+    for name, submodules in IMPORT_ONLY.items():
+        if name in sys.modules or importlib.util.find_spec(name) is not None:
+            continue
+        for full in (name, *(f"{name}.{sub}" for sub in submodules)):
+            module = types.ModuleType(full, f"placeholder for {full} (not installed; see ferret_worker.py)")
+            module.__spec__ = importlib.machinery.ModuleSpec(full, None, is_package=full == name)
+            module.__getattr__ = attribute(full)  # PEP 562
+            sys.modules[full] = module
+        for sub in submodules:
+            setattr(sys.modules[name], sub, sys.modules[f"{name}.{sub}"])
+        made.append(name)
+    return made
+
+
 def _ferret():
     """ferret and transformers, imported on the first ``load`` (so that the pipe works, and can be tested, with
     any interpreter: without ferret, ``load`` is answered with the ImportError)."""
+    if "ferret" not in STATE:  # once, before the first import of ferret
+        PLACEHOLDERS.extend(placeholders())
+        STATE["ferret"] = True
     import ferret
     import torch
     import transformers
@@ -65,7 +117,9 @@ def load(request: dict) -> dict:
     torch.set_num_threads(int(request["threads"]))
     path = request["model_dir"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval().to(request["device"])
+    # float32 as on our side (transformers 5 would keep the dtype of the saved weights); `dtype`: transformers >= 4.56
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    model = model.eval().to(request["device"])
     explainers = [
         ferret.GradientExplainer(model, tokenizer, multiply_by_inputs=False),  # "Gradient": captum Saliency
         ferret.GradientExplainer(model, tokenizer, multiply_by_inputs=True),  # "Gradient (x Input)": InputXGradient
@@ -80,6 +134,7 @@ def load(request: dict) -> dict:
     ]
     bench = ferret.Benchmark(model, tokenizer, explainers=explainers, evaluators=evaluators)
     STATE.update(model=model, tokenizer=tokenizer, bench=bench, texts=list(request["texts"]))
+    STATE["sync"] = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     ids, logits = [], []
     with torch.no_grad():
         for text in STATE["texts"]:
@@ -100,6 +155,7 @@ def load(request: dict) -> dict:
         "ids": ids,
         "logits": logits,
         "explainers": [explainer.NAME for explainer in explainers],
+        "placeholders": list(PLACEHOLDERS),
     }
 
 
@@ -129,8 +185,10 @@ def pipeline(what: str) -> list[dict]:
 
 
 def timed(request: dict) -> dict:
+    STATE["sync"]()  # CUDA: the clock brackets the device's work too (on the CPU: nothing)
     start = time.perf_counter()
     output = pipeline(request["what"])
+    STATE["sync"]()
     seconds = time.perf_counter() - start
     if request["what"] == "full":
         STATE["last_full"] = output

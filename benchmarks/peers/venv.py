@@ -16,6 +16,16 @@ The folder counts as built only once its marker ``peer.json`` (the spec, the Pyt
 versions of the packages named) is written, last; a folder without it, or whose marker records another spec, is
 removed and built again. A lock file (``fcntl.flock``) keeps two processes from building the same peer at once.
 Root: ``$ATTN_PROBE_PEERS_DIR``, else ``<attn_probe cache root>/peers`` (:func:`attn_probe.models.cache.cache_root`).
+
+A prepared interpreter instead (a machine without a network, or a GPU machine whose own torch the peer should use):
+``$ATTN_PROBE_PEER_PYTHON_<NAME>`` (the spec's name upper-cased, anything but letters and digits as ``_``: e.g.
+``ATTN_PROBE_PEER_PYTHON_FERRET``) names an executable that runs the peer's Python, e.g. a shell script that sets
+``PYTHONPATH`` to a folder where the peer's wheels were installed (``pip install --no-deps --target``) and runs
+``exec python3 "$@"``. It must set ``PYTHONPATH`` itself: the worker subprocess is started without ours
+(:class:`benchmarks.peers.lm_common.PeerWorker`). Then :func:`ensure_peer` returns that path and builds nothing,
+whatever ``install`` says, and :func:`read_marker` returns what the interpreter reports (``versions`` of the
+packages the spec names, as ``None`` where one is missing, its Python version, and ``prepared``: the path), asked
+once per process. Nothing checks that the versions match the spec: the marker records them, the caller decides.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 PEERS_ENV = "ATTN_PROBE_PEERS_DIR"
+PYTHON_ENV_PREFIX = "ATTN_PROBE_PEER_PYTHON_"  # + the spec's name: a prepared interpreter (see the module)
 MARKER = "peer.json"
 TORCH_REQUIREMENT = "torch==2.13.0"
 
@@ -74,8 +86,69 @@ def peer_python(spec: PeerSpec) -> Path:
     return peer_folder(spec) / "bin" / "python"
 
 
+def python_env_var(spec: PeerSpec) -> str:
+    """The variable naming a prepared interpreter for ``spec``: ``ATTN_PROBE_PEER_PYTHON_FERRET`` for "ferret"."""
+    return PYTHON_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", spec.name.upper())
+
+
+def prepared_python(spec: PeerSpec) -> Path | None:
+    """The prepared interpreter ``$ATTN_PROBE_PEER_PYTHON_<NAME>`` names, or None where the variable is unset or
+    empty; :class:`PeerUnavailable` if it names no executable file."""
+    name = python_env_var(spec)
+    value = os.environ.get(name)
+    if not value:
+        return None
+    python = Path(value).expanduser()
+    if not python.is_absolute():  # the worker runs in another folder: resolve it here, by PATH or from here
+        found = shutil.which(value) if os.sep not in value else None
+        python = Path(found) if found else python.resolve()
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        raise PeerUnavailable(f"${name} = {value!r} is not an executable file")
+    return python
+
+
+_PREPARED: dict[tuple[str, str], dict[str, Any]] = {}  # (spec name, interpreter) -> its marker, asked once
+
+
+def _prepared_marker(spec: PeerSpec, python: Path) -> dict[str, Any]:
+    """What the prepared interpreter reports: the versions of the spec's packages and its Python version."""
+    key = (json.dumps(spec.key(), sort_keys=True), str(python))
+    if key not in _PREPARED:
+        code = (
+            "import importlib.metadata as m, json, platform, sys\n"
+            "out = {}\n"
+            "for n in sys.argv[1:]:\n"
+            "    try: out[n] = m.version(n)\n"
+            "    except m.PackageNotFoundError: out[n] = None\n"
+            "print(json.dumps({'python': platform.python_version(), 'versions': out}))\n"
+        )
+        # the environment the worker gets (PeerWorker): not our PYTHONPATH, the interpreter sets its own
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+        names = _names((*spec.first, *spec.requirements))
+        try:
+            done = subprocess.run(
+                [str(python), "-c", code, *names], capture_output=True, text=True, check=True, env=env, timeout=300
+            )
+            reported = json.loads(done.stdout.strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError) as error:
+            detail = getattr(error, "stderr", None) or ""
+            raise PeerUnavailable(
+                f"the prepared {spec.name} interpreter {python} (${python_env_var(spec)}) failed: {error}\n{detail}"
+            ) from error
+        _PREPARED[key] = {
+            "spec": spec.key(),
+            "versions": reported["versions"],
+            "python_version": reported["python"],
+            "prepared": str(python),
+        }
+    return _PREPARED[key]
+
+
 def read_marker(spec: PeerSpec) -> dict[str, Any] | None:
-    """The marker of a finished build of exactly this spec, else None."""
+    """The marker of a finished build of exactly this spec, else None (a prepared interpreter: what it reports)."""
+    prepared = prepared_python(spec)
+    if prepared is not None:
+        return _prepared_marker(spec, prepared)
     try:
         marker = json.loads((peer_folder(spec) / MARKER).read_text())
     except (OSError, ValueError):
@@ -145,7 +218,12 @@ def _names(requirements: tuple[str, ...]) -> list[str]:
 def ensure_peer(spec: PeerSpec, *, install: bool = True, progress: bool = True) -> Path:
     """The peer's Python interpreter, building its environment first if needed (see the module).
 
-    ``install=False``: raise :class:`PeerUnavailable` instead of building."""
+    ``install=False``: raise :class:`PeerUnavailable` instead of building. A prepared interpreter
+    (``$ATTN_PROBE_PEER_PYTHON_<NAME>``) is returned as it is, once it has answered (see the module)."""
+    prepared = prepared_python(spec)
+    if prepared is not None:
+        _prepared_marker(spec, prepared)  # fails here, with its error, if it cannot even run
+        return prepared
     if is_built(spec):
         return peer_python(spec)
     if not install:
