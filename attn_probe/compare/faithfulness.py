@@ -65,7 +65,7 @@ import torch
 from attn_probe.capture import target_value
 from attn_probe.methods.base import ExplainContext, Explanation
 from attn_probe.methods.gradient import memory_budget, pad_id, rows_within_budget
-from attn_probe.methods.passes import can_trim, length_passes, padding_allowance, trimmed_inputs
+from attn_probe.methods.passes import can_trim, length_passes, padding_policy, trimmed_inputs
 
 Mode = Literal["replace", "drop"]
 MODES = ("replace", "drop")
@@ -525,7 +525,7 @@ class _Erasure:
             rows = _check_positive("batch_size", batch_size)
             self.rows_for_width = lambda width: rows
         self.trim = mode == "drop" or can_trim(ctx)  # drop mode re-pads every pass to its own width anyway
-        self.allowance = padding_allowance(self.device)
+        self.policy = padding_policy(self.device)
         self._cache: dict[tuple[int, bytes], tuple[float, float, int]] = {}
         self.predicted: torch.Tensor | None = None  # [batch], set by the first pass below
         batch = ids.shape[0]
@@ -615,7 +615,7 @@ class _Erasure:
         else:
             lengths = self.real[examples[rows]].sum(dim=1).cpu()
         with torch.no_grad():
-            for chosen in length_passes(lengths.numpy(), self.rows_for_width, self.allowance):
+            for chosen in length_passes(lengths.numpy(), self.rows_for_width, self.policy):
                 part = rows[torch.as_tensor(chosen, device=self.device)]
                 inputs, resolved = self._inputs(examples[part], erase[part], int(lengths[chosen].max()))
                 logits = self.ctx.logits(**inputs)

@@ -1,8 +1,9 @@
 """Gradient attributions at the output of the token embedding layer, computed by captum.
 
 Every method here attributes to the *output* of ``ctx.embedding_layer()`` (the token embedding lookup,
-before position and segment terms are added), through captum's ``Layer*`` classes: that works the same way
-for Hugging Face models and for our own models, which take no ``inputs_embeds``. The function captum
+before position and segment terms are added), through captum's ``Layer*`` classes or, for integrated gradients
+and GradientSHAP, captum's input methods on that output, injected into the model by a forward hook: that works the
+same way for Hugging Face models and for our own models, which take no ``inputs_embeds``. The function captum
 differentiates takes ``input_ids`` (plus ``attention_mask`` as an additional forward argument) and returns
 the resolved target scalar of each example (:mod:`attn_probe.capture.targets`). A token's score reduces its
 ``[hidden]`` attribution to one number: the sum over the hidden dimension for integrated gradients,
@@ -36,12 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum.attr import GradientShap, LayerGradientXActivation, LayerIntegratedGradients
+from captum.attr import GradientShap, IntegratedGradients, LayerGradientXActivation
 from torch import nn
 
 from attn_probe.capture import ResolvedTarget, target_value
 from attn_probe.methods.base import ExplainContext, Explanation, MethodInfo, register
-from attn_probe.methods.passes import can_trim, length_passes, padding_allowance, real_lengths, trimmed_inputs
+from attn_probe.methods.passes import can_trim, length_passes, padding_policy, real_lengths, trimmed_inputs
 
 CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes, when no budget is given and the model is not on a CUDA device
 CUDA_BUDGET_FRACTION = 0.5  # of the free CUDA memory, when no budget is given
@@ -308,7 +309,7 @@ def _layer_gradients(ctx: ExplainContext, *, multiply_by_inputs: bool, memory_bu
     lengths = real_lengths(ctx).cpu() if can_trim(ctx) else torch.full((batch,), n)
     pieces = []
     for chosen in length_passes(
-        lengths.numpy(), lambda width: rows_within_budget(ctx, width, budget), padding_allowance(device)
+        lengths.numpy(), lambda width: rows_within_budget(ctx, width, budget), padding_policy(device)
     ):
         part = torch.as_tensor(chosen, device=device)
         width = int(lengths[chosen].max())
@@ -378,7 +379,7 @@ INTEGRATED_GRADIENTS = MethodInfo(
     id="integrated_gradients",
     family="gradient",
     needs_gradients=True,
-    cost="n_steps x (forward + backward) + 4 forwards (embeddings and target at the input and the baseline)",
+    cost="n_steps x (forward + backward) + 1 forward (embeddings and target at the input and the baseline)",
     sign="signed: positive pushes the target up; per example the scores sum to f(input) - f(baseline) "
     "(completeness; the remainder is details['convergence_delta'])",
     description="Gradients integrated along the straight line from the baseline's token embeddings ([MASK] or "
@@ -386,6 +387,37 @@ INTEGRATED_GRADIENTS = MethodInfo(
     "hidden dimension.",
     reference="Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks",
 )
+
+
+@dataclass
+class PathEnds:
+    """Both ends of a pass's integration path: the token embeddings ``[rows, width, hidden]`` and the target ``[rows]``
+    at the input and at the baseline."""
+
+    input_embeddings: torch.Tensor
+    baseline_embeddings: torch.Tensor
+    input_target: torch.Tensor
+    baseline_target: torch.Tensor
+
+
+def path_ends(
+    ctx: ExplainContext, layer: nn.Module, inputs: dict[str, torch.Tensor], baseline: torch.Tensor, rows: torch.Tensor
+) -> PathEnds:
+    """One forward pass without gradients of ``inputs`` and their ``baseline`` ids stacked (``2 * rows``), reading
+    the output of ``layer`` (the embeddings; its first call in the pass, the encoder's in a seq2seq model) and the
+    target: what captum's layer integrated gradients finds in two passes, and the convergence check in two more."""
+    stacked = {key: torch.cat([value, value]) for key, value in inputs.items()}
+    stacked["input_ids"] = torch.cat([inputs["input_ids"], baseline])
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, args, output: seen.append(output) if not seen else None)
+    try:
+        with torch.no_grad():
+            logits = ctx.logits(**stacked)
+    finally:
+        handle.remove()
+    target = target_value(ctx.target.take(torch.cat([rows, rows])), logits).float()
+    count = len(rows)
+    return PathEnds(seen[0][:count], seen[0][count:], target[:count], target[count:])
 
 
 @register(INTEGRATED_GRADIENTS)
@@ -423,7 +455,8 @@ def integrated_gradients(
     budget = memory_budget(ctx, memory_budget_bytes)
     baselines = baseline_ids(ctx)  # [batch, n]
     names, _ = forward_arguments(ctx.inputs, torch.arange(batch, device=device))
-    lig = LayerIntegratedGradients(target_forward(ctx, ctx.target, names), ctx.embedding_layer())
+    layer = ctx.embedding_layer()
+    ig = IntegratedGradients(_injecting_forward(ctx, ctx.target, names))
 
     def rows_that_fit(width: int) -> int:  # (example, step) rows of this width one forward + backward can hold
         return max(1, budget // estimate_bytes_per_row(ctx, width))
@@ -432,32 +465,31 @@ def integrated_gradients(
         return internal_batch_size if internal_batch_size is not None else max(1, rows_that_fit(width) // n_steps)
 
     # Similar lengths share a call, cut to their longest (attn_probe.methods.passes): no pass pays for the batch's
-    # longest example. The target at the input and at the baseline (for the convergence delta) runs on the same cut.
+    # longest example. Per pass one forward gives both ends of the path (embeddings and target at the input and at
+    # the baseline: the convergence delta), then captum integrates at the embedding output.
     trim = can_trim(ctx)
     lengths = real_lengths(ctx).cpu() if trim else torch.full((batch,), n)
     scores_t = torch.zeros(batch, n, device=device)
     at_input = torch.zeros(batch, device=device)
     at_baseline = torch.zeros(batch, device=device)
     passes = []
-    for chosen in length_passes(lengths.numpy(), examples_for_width, padding_allowance(device)):
+    for chosen in length_passes(lengths.numpy(), examples_for_width, padding_policy(device), repeats=n_steps):
         part = torch.as_tensor(chosen, device=device)
         width = int(lengths[chosen].max())
         inputs = trimmed_inputs(ctx, part, width)
         rows = internal_batch_size or max(len(part), min(len(part) * n_steps, rows_that_fit(width)))
+        ends = path_ends(ctx, layer, inputs, baselines[part, :width], part)
         _, arguments = forward_arguments(inputs, part)
-        attributions = lig.attribute(
-            inputs["input_ids"],
-            baselines=baselines[part, :width],
-            additional_forward_args=arguments,
+        attributions = ig.attribute(
+            ends.input_embeddings,
+            baselines=ends.baseline_embeddings,
+            additional_forward_args=(inputs["input_ids"], *arguments),
             n_steps=n_steps,
             method=method,
             internal_batch_size=rows if rows < len(part) * n_steps else None,
-        )
+        )  # [len(part), width, hidden]
         scores_t[part, :width] = attributions.detach().float().sum(dim=-1)
-        forward_rows = max(len(part), rows_within_budget(ctx, width, budget, backward=False))
-        at_input[part] = evaluate(ctx, ctx.target, inputs, part, forward_rows)
-        baseline_inputs = {**inputs, "input_ids": baselines[part, :width]}
-        at_baseline[part] = evaluate(ctx, ctx.target, baseline_inputs, part, forward_rows)
+        at_input[part], at_baseline[part] = ends.input_target, ends.baseline_target
         passes.append({"examples": len(part), "width": width, "internal_batch_size": min(rows, len(part) * n_steps)})
     # completeness: the scores should sum to f(input) - f(baseline); what they miss is the convergence delta
     delta_t = scores_t.sum(dim=1) - (at_input - at_baseline)
@@ -524,12 +556,19 @@ GRADIENT_SHAP = MethodInfo(
 
 def _injecting_forward(ctx: ExplainContext, resolved: ResolvedTarget, names: list[str]) -> Callable[..., torch.Tensor]:
     """``forward(embeddings, input_ids, attention_mask, rows, *extras)``: the model run on ``input_ids`` with
-    the token embedding layer's output replaced by ``embeddings`` (what captum's layer methods do inside)."""
+    the token embedding layer's output replaced by ``embeddings`` (what captum's layer methods do inside). Only
+    its first call in a pass is replaced: a seq2seq model's decoder calls the shared embedding again after the
+    encoder, on its own tokens."""
     layer = ctx.embedding_layer()
     inner = target_forward(ctx, resolved, names)
 
     def forward(embeddings: torch.Tensor, input_ids: torch.Tensor, *arguments: torch.Tensor) -> torch.Tensor:
-        def replace_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        calls: list[int] = []
+
+        def replace_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+            calls.append(1)
+            if len(calls) > 1:
+                return None
             if output.shape != embeddings.shape:
                 raise RuntimeError(f"embedding output {tuple(output.shape)} vs injected {tuple(embeddings.shape)}")
             return embeddings

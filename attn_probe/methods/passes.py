@@ -6,9 +6,10 @@ hundreds of perturbed copies, so on a CPU, where time grows with the tokens comp
 the work. :func:`length_passes` sorts the rows by length and cuts them into passes whose padding stays within an
 allowance, each pass then running at its own width (:func:`trimmed_inputs`).
 
-How much padding a pass may hold depends on the device (:func:`padding_allowance`): on a CPU little (10 % of the
-real tokens: a few more, smaller passes cost almost nothing there); on a GPU, where a pass of a few thousand tokens
-leaves the chip mostly idle and every extra pass adds a fixed launch cost, up to as many padded as real tokens.
+How much padding a pass may hold depends on the device (:func:`padding_policy`): on a CPU little (10 % of the
+real tokens: a few more, smaller passes cost almost nothing there); on a GPU any while the pass is small (up to
+:data:`CUDA_FREE_CELLS` token rows: such a pass leaves the chip mostly idle, and every extra pass adds the fixed cost
+of its kernel launches), then up to as many padded as real tokens.
 
 Trimming keeps every number the model computes (up to float summation order) only where the padding is on the
 right: cutting trailing padding columns changes no position of a real token. A left-padded batch (decoder-only
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,23 +30,42 @@ from attn_probe.methods.base import ExplainContext
 
 CPU_PADDING_ALLOWANCE = 0.1  # padded cells per real cell a CPU pass may carry
 CUDA_PADDING_ALLOWANCE = 1.0
+CUDA_FREE_CELLS = 2**16  # token rows (rows x width x repeats) below which a GPU pass ignores padding
 
 
-def padding_allowance(device: torch.device) -> float:
-    """Padded cells a pass may carry per real cell: :data:`CUDA_PADDING_ALLOWANCE` on a GPU, else
-    :data:`CPU_PADDING_ALLOWANCE` (see the module)."""
-    return CUDA_PADDING_ALLOWANCE if device.type == "cuda" else CPU_PADDING_ALLOWANCE
+@dataclass(frozen=True)
+class PaddingPolicy:
+    """How much padding a pass may carry: ``allowance`` padded cells per real cell, any while the pass holds at
+    most ``free_cells`` cells (rows x width x the repeats of each row, e.g. integrated gradients' steps)."""
+
+    allowance: float
+    free_cells: int = 0
+
+
+def padding_policy(device: torch.device) -> PaddingPolicy:
+    """The policy of ``device`` (see the module): on a GPU :data:`CUDA_PADDING_ALLOWANCE` beyond
+    :data:`CUDA_FREE_CELLS`, elsewhere :data:`CPU_PADDING_ALLOWANCE`."""
+    if device.type == "cuda":
+        return PaddingPolicy(CUDA_PADDING_ALLOWANCE, CUDA_FREE_CELLS)
+    return PaddingPolicy(CPU_PADDING_ALLOWANCE)
 
 
 def length_passes(
-    lengths: Sequence[int] | np.ndarray, rows_for_width: Callable[[int], int], allowance: float
+    lengths: Sequence[int] | np.ndarray,
+    rows_for_width: Callable[[int], int],
+    policy: PaddingPolicy,
+    *,
+    repeats: int = 1,
 ) -> list[np.ndarray]:
     """Row indices of each pass, shortest rows first.
 
-    ``lengths[r]``: the tokens row ``r`` needs. A pass takes rows in ascending length (stable: equal lengths keep
-    their order) while it holds at most ``rows_for_width(width)`` rows at its width (its longest row) and its
-    padded cells ``rows * width - sum(lengths)`` stay within ``allowance`` times its real cells. Every row is in
-    exactly one pass; a row alone always forms a pass."""
+    ``lengths[r]``: the tokens row ``r`` needs; ``repeats``: the copies of each row the pass really runs (integrated
+    gradients' steps). A pass takes rows in ascending length (stable: equal lengths keep their order) while it
+    holds at most ``rows_for_width(width)`` rows at its width (its longest row) and either its padded cells
+    ``rows * width - sum(lengths)`` stay within ``policy.allowance`` times its real cells or all its cells
+    (``rows * width * repeats``) within ``policy.free_cells``. Every row is in exactly one pass; a row alone always
+    forms a pass."""
+    allowance = policy.allowance
     if allowance < 0 or math.isnan(allowance):
         raise ValueError(f"allowance must be >= 0 (padded cells per real cell), got {allowance}")
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -59,6 +80,7 @@ def length_passes(
             fits[width] = max(1, rows_for_width(width))
         too_many = count > fits[width]
         too_padded = count * width > (1 + allowance) * max(real + int(lengths[row]), 1)
+        too_padded = too_padded and count * width * repeats > policy.free_cells
         if count > 1 and (too_many or too_padded):
             passes.append(order[start:position])
             start, real = position, 0
