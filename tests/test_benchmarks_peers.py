@@ -58,6 +58,29 @@ def test_a_peer_counts_as_built_only_with_its_own_marker(tmp_path, monkeypatch):
     assert not is_built(PeerSpec("fake", ("fake==2.0",)))  # another spec: rebuilt, never reused
 
 
+def test_a_prepared_interpreter_is_used_as_it_is(tmp_path, monkeypatch):
+    """``$ATTN_PROBE_PEER_PYTHON_<NAME>``: no venv is built, the marker holds what that interpreter reports."""
+    import sys
+
+    from benchmarks.peers.venv import python_env_var
+
+    monkeypatch.setenv(PEERS_ENV, str(tmp_path))
+    spec = PeerSpec("fake-tool", ("numpy", "surely-not-installed==1.0"))
+    assert python_env_var(spec) == "ATTN_PROBE_PEER_PYTHON_FAKE_TOOL"
+    wrapper = tmp_path / "fake-python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("ATTN_PROBE_PEER_PYTHON_FAKE_TOOL", str(wrapper))
+    assert ensure_peer(spec, install=False) == wrapper and is_built(spec)
+    marker = read_marker(spec)
+    assert marker["prepared"] == str(wrapper) and marker["versions"]["surely-not-installed"] is None
+    assert marker["versions"]["numpy"] == __import__("numpy").__version__
+    assert [p.name for p in tmp_path.iterdir()] == ["fake-python"]  # nothing built beside it
+    monkeypatch.setenv("ATTN_PROBE_PEER_PYTHON_FAKE_TOOL", str(tmp_path / "missing"))
+    with pytest.raises(PeerUnavailable, match="not an executable file"):
+        ensure_peer(spec)
+
+
 def test_ferret_spec_pins_torch_first_and_keeps_ferrets_pins():
     assert ferret_peer.FERRET.first == ("torch==2.13.0",)
     assert {"transformers<5", "numpy<2", "pyarrow==23.0.1"} <= set(ferret_peer.FERRET.requirements)

@@ -67,22 +67,26 @@ class Explanation:
         ``token_index`` counts real tokens (as in :class:`TokenizedBatch`), ``position`` is the padded
         column; tokens are filled in when ``batch`` is given.
         """
-        rows = []
-        for example in range(self.scores.shape[0]):
-            columns = [int(c) for c in torch.nonzero(self.real[example]).flatten()]
-            for token_index, column in enumerate(columns):
-                rows.append(
-                    {
-                        "example_id": example,
-                        "method": self.method,
-                        "token_index": token_index,
-                        "position": column,
-                        "token": batch.tokens[example][token_index] if batch is not None else None,
-                        "special": bool(self.special[example, column]),
-                        "score": float(self.scores[example, column]),
-                    }
-                )
-        return pd.DataFrame(rows)
+        real = self.real.bool().cpu()  # [batch, n]; one copy off the device, not one per token
+        examples, columns = torch.nonzero(real, as_tuple=True)  # row-major: each example's columns ascending
+        counts = real.sum(dim=1)
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)  # each row's example's first row
+        token_index = torch.arange(len(columns)) - first
+        if batch is None:
+            tokens = [None] * len(columns)
+        else:
+            tokens = [batch.tokens[e][t] for e, t in zip(examples.tolist(), token_index.tolist(), strict=True)]
+        return pd.DataFrame(
+            {
+                "example_id": examples.numpy().astype("int64"),
+                "method": self.method,
+                "token_index": token_index.numpy().astype("int64"),
+                "position": columns.numpy().astype("int64"),
+                "token": tokens,
+                "special": self.special.bool().cpu()[examples, columns].numpy(),
+                "score": self.scores.detach().cpu()[examples, columns].double().numpy(),
+            }
+        )
 
 
 class ExplainContext:
