@@ -7,7 +7,7 @@ much of a head's pattern is position alone?), ``sanity`` (does an explanation ch
 randomised?). Every function returns a tidy pandas DataFrame, one row per example (and layer / head).
 """
 
-from attn_probe.compare.agreement import agreement_table, layer_agreement, rank_agreement
+from attn_probe.compare.agreement import agreement_table, layer_agreement, layer_agreement_table, rank_agreement
 from attn_probe.compare.counterfactual import (
     CounterfactualOutputs,
     adversarial_attention,
@@ -38,6 +38,7 @@ __all__ = [
     "faithfulness_report",
     "find_layers",
     "layer_agreement",
+    "layer_agreement_table",
     "logit_parts",
     "position_explained",
     "position_logit_share",

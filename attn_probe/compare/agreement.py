@@ -165,6 +165,22 @@ def layer_agreement(
     ``level``, then those of :func:`rank_agreement` from ``method_a`` on, with ``method_a = layered.method``.
     One row per (example, layer) or (example, layer, head).
     """
+    return layer_agreement_table(
+        layered, [reference], level=level, k=k, absolute=absolute, include_special=include_special
+    )
+
+
+def layer_agreement_table(
+    layered: Explanation,
+    references: Sequence[Explanation],
+    *,
+    level: Literal["layer", "head"] = "layer",
+    k: int = 5,
+    absolute: bool = False,
+    include_special: bool = False,
+) -> pd.DataFrame:
+    """:func:`layer_agreement` of ``layered`` with each of ``references``, stacked in their order (the same rows as
+    concatenating one call per reference), every reference of an example in one vectorised pass."""
     if level not in ("layer", "head"):
         raise ValueError(f"level must be 'layer' or 'head', got {level!r}")
     _check_k(k)
@@ -183,33 +199,41 @@ def layer_agreement(
             f"{layered.method!r} per-{level} scores have shape {tuple(view.shape)}, expected "
             f"[batch={batch}, layers, {'heads, ' if level == 'head' else ''}n={n}]"
         )
-    _check_same_batch(layered, reference)
+    references = list(references)
+    if not references:
+        raise ValueError("no reference explanations given: pass at least one (e.g. 'integrated_gradients')")
+    for reference in references:
+        _check_same_batch(layered, reference)
     if level == "layer":
         view = view.unsqueeze(2)  # [b, L, 1, n]: one pseudo-head, so both levels share the loop below
     num_layers, num_heads = view.shape[1], view.shape[2]
     masks = _token_masks(layered, include_special)
     view_np = _as_numpy(view)  # [b, L, H', n]
-    reference_np = _as_numpy(reference.scores)  # [b, n]
     _check_finite(view_np[np.broadcast_to(masks[:, None, None, :], view_np.shape)], layered.method, f"{level}_scores")
-    _check_finite(reference_np[masks], reference.method, "scores")
-    heads = num_layers * num_heads
-    layer_of, head_of = np.divmod(np.arange(heads), num_heads)
-    parts = []
+    references_np = np.stack([_as_numpy(reference.scores) for reference in references])  # [R, b, n]
+    for reference, scores in zip(references, references_np, strict=True):
+        _check_finite(scores[masks], reference.method, "scores")
+    heads, count = num_layers * num_heads, len(references)
+    statistics = np.empty((count, batch, heads, len(_STATISTICS)))
     for example in range(batch):
         keep = masks[example]
         x = _prepare(view_np[example][..., keep].reshape(heads, -1), absolute)  # [L * H', m]
-        y = _prepare(reference_np[example, keep][None, :], absolute)  # [1, m]: one reference for every head
-        statistics = pair_statistics(x, y, k)
-        parts.append(np.column_stack([np.full(heads, example), layer_of, head_of, statistics]))
-    rows = np.concatenate(parts) if parts else np.zeros((0, 3 + len(_STATISTICS)))
-    frame = pd.DataFrame(rows, columns=["example_id", "layer", "head", *_STATISTICS])
+        y = _prepare(references_np[:, example][:, keep], absolute)  # [R, m]
+        # every (reference, head) pair of the example in one stack, reference-major
+        pairs = pair_statistics(np.tile(x, (count, 1)), np.repeat(y, heads, axis=0), k)
+        statistics[:, example] = pairs.reshape(count, heads, len(_STATISTICS))
+    layer_of, head_of = np.divmod(np.arange(heads), num_heads)
+    frame = pd.DataFrame(statistics.reshape(-1, len(_STATISTICS)), columns=_STATISTICS)
+    frame.insert(0, "example_id", np.tile(np.repeat(np.arange(batch), heads), count))
+    frame.insert(1, "layer", np.tile(layer_of, count * batch))
+    frame.insert(2, "head", np.tile(head_of, count * batch))
     # head is nullable (NA at level="layer") so that both levels share one schema and stack cleanly.
     frame = frame.astype({"example_id": "int64", "layer": "int64", "head": "Int64", "n_tokens": "int64", "k": "int64"})
     if level == "layer":
         frame["head"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     frame.insert(3, "level", level)
     frame.insert(4, "method_a", layered.method)
-    frame.insert(5, "method_b", reference.method)
+    frame.insert(5, "method_b", np.repeat([reference.method for reference in references], batch * heads))
     frame.insert(6, "absolute", bool(absolute))
     frame.insert(7, "include_special", bool(include_special))
     return frame

@@ -38,7 +38,7 @@ import pandas as pd
 from torch import nn
 
 from attn_probe.capture import AttentionCapture, ResolvedTarget, Target, TokenizedBatch
-from attn_probe.compare.agreement import agreement_table, layer_agreement
+from attn_probe.compare.agreement import agreement_table, layer_agreement_table
 from attn_probe.compare.counterfactual import adversarial_attention, attention_counterfactuals
 from attn_probe.compare.faithfulness import faithfulness_report
 from attn_probe.compare.position import position_explained
@@ -120,10 +120,9 @@ def assess(
         evidence["agreement"] = agreement_table(explanations, absolute=True)
         found.append(verdicts.attention_disagrees(evidence["agreement"], attention, references, thresholds))
         per_head = [
-            layer_agreement(explanations[a], explanations[r], level="head", absolute=True)
+            layer_agreement_table(explanations[a], [explanations[r] for r in references], level="head", absolute=True)
             for a in attention
             if explanations[a].head_scores is not None
-            for r in references
         ]
         if per_head:
             evidence["head_agreement"] = pd.concat(per_head, ignore_index=True)

@@ -248,3 +248,20 @@ def test_real_explanations_give_finite_agreement(model_name):
     assert table.kendall_tau.between(-1, 1).all()
     layers = layer_agreement(explanations["raw_attention"], explanations["saliency"], level="head")
     assert len(layers) == 2 * 2 * 4 and np.isfinite(layers.kendall_tau).all()
+
+
+def test_layer_agreement_table_stacks_one_call_per_reference():
+    from attn_probe.compare.agreement import layer_agreement_table
+
+    model, inputs = MODELS["hf-bert"]()
+    explanations = explain(model, inputs, ["raw_attention", "saliency", "leave_one_out"])
+    references = [explanations["saliency"], explanations["leave_one_out"]]
+    for level in ("layer", "head"):
+        stacked = layer_agreement_table(explanations["raw_attention"], references, level=level, absolute=True)
+        one_by_one = pd.concat(
+            [layer_agreement(explanations["raw_attention"], r, level=level, absolute=True) for r in references],
+            ignore_index=True,
+        )
+        pd.testing.assert_frame_equal(stacked, one_by_one)
+    with pytest.raises(ValueError, match="no reference explanations"):
+        layer_agreement_table(explanations["raw_attention"], [])
