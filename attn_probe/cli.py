@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -57,12 +58,27 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from attn_probe.report import write_report
+    from attn_probe.store import RunMismatchError
 
     print(f"attn-probe demo: {DEMO_MODEL} on {args.limit} held-out Rotten Tomatoes snippets -> {args.out}")
-    run = _probe_dataset(
-        DEMO_MODEL, DEMO_DATA, args.out, methods=None, checks=None, limit=args.limit, batch_size=8,
-        text_column="text", label_column="label", max_length=None, sample=4, seed=0, progress=not args.quiet,
-    )  # fmt: skip
+
+    def demo_run():
+        return _probe_dataset(
+            DEMO_MODEL, DEMO_DATA, args.out, methods=None, checks=None, limit=args.limit, batch_size=8,
+            text_column="text", label_column="label", max_length=None, sample=4, seed=0, progress=not args.quiet,
+        )  # fmt: skip
+
+    try:
+        run = demo_run()
+    except RunMismatchError as error:
+        # An earlier version's demo (other default checks or thresholds) in the same folder: keep it, aside, and
+        # start over. Any other run there is not the demo's to move: its error stands.
+        aside = _set_aside_old_demo(Path(args.out))
+        if aside is None:
+            raise
+        print(f"attn-probe demo: {args.out} held a demo run made with other settings (an earlier version's "
+              f"defaults: {_first_difference(error)}); kept it as {aside}, starting over")  # fmt: skip
+        run = demo_run()
     examples = run.table("examples")
     print(
         f"\n{DEMO_MODEL}: {int(examples['correct'].sum())} of {len(examples)} snippets classified as the human "
@@ -72,6 +88,29 @@ def _demo(args: argparse.Namespace) -> int:
     paths = write_report(run)
     print(f"\nReport (opens without a network): {paths['html']}")
     return 0
+
+
+def _first_difference(error: Exception) -> str:
+    """The first difference a :class:`RunMismatchError` lists (its message: '... different run: a; b; ...')."""
+    text = str(error)
+    return text.split("different run: ", 1)[-1].split(";", 1)[0]
+
+
+def _set_aside_old_demo(folder: Path) -> Path | None:
+    """Rename ``folder`` to ``<folder>.before-<time>`` if it holds a finished or stopped run of the demo's model
+    and data, and return the new path; None (nothing moved) for anything else."""
+    from attn_probe.store import load_run
+    from attn_probe.store.errors import StoreError
+
+    try:
+        identity = load_run(folder, verify=False).identity
+    except (StoreError, OSError, ValueError):
+        return None
+    if identity.get("model") != DEMO_MODEL:
+        return None
+    aside = folder.with_name(f"{folder.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder.rename(aside)
+    return aside
 
 
 STUDIES = ("sentiment_minilm", "agreement_smollm2", "position_variants", "flow_layers", "efficient_attention")

@@ -126,6 +126,26 @@ def test_demo_runs_the_main_job(tmp_path, capsys):
     assert load_run(tmp_path / "demo").status == "complete"
 
 
+@pytest.mark.slow
+def test_demo_sets_an_earlier_versions_demo_aside_and_nothing_else(tmp_path, capsys, monkeypatch):
+    import attn_probe.probe as probe_module
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--limit", "2", "--quiet"]) == 0
+    monkeypatch.setattr(probe_module, "DEFAULT_CHECKS", ("agreement", "sinks"))  # another version's defaults
+    assert main(["demo", "--out", str(out), "--limit", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "held a demo run made with other settings" in printed and "checks" in printed
+    (aside,) = tmp_path.glob("demo.before-*")
+    assert load_run(aside).status == "complete" and len(load_run(aside).done()) == 2  # kept whole
+    assert load_run(out).identity["checks"] == ["agreement", "sinks"] and load_run(out).status == "complete"
+    # a run of another model in the demo's folder is not the demo's to move: the refusal stands
+    other = tmp_path / "other"
+    Run.open(other, identity={"model": "someone-elses", "methods": []}).close()
+    assert main(["demo", "--out", str(other), "--limit", "2", "--quiet"]) == EXIT_BAD_INPUT
+    assert "different run" in capsys.readouterr().err and not list(tmp_path.glob("other.before-*"))
+
+
 def test_analysis_hands_its_options_to_the_study(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["analysis", "flow_layers", "--help"])
