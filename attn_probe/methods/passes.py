@@ -6,10 +6,12 @@ hundreds of perturbed copies, so on a CPU, where time grows with the tokens comp
 the work. :func:`length_passes` sorts the rows by length and cuts them into passes whose padding stays within an
 allowance, each pass then running at its own width (:func:`trimmed_inputs`).
 
-How much padding a pass may hold depends on the device (:func:`padding_policy`): on a CPU little (10 % of the
-real tokens: a few more, smaller passes cost almost nothing there); on a GPU any while the pass is small (up to
-:data:`CUDA_FREE_CELLS` token rows: such a pass leaves the chip mostly idle, and every extra pass adds the fixed cost
-of its kernel launches), then up to as many padded as real tokens.
+How much padding a pass may hold depends on the device (:func:`padding_policy`). Below some size a pass costs about
+the same whatever its tokens: on a CPU it is bound by reading the weights (a 135M-parameter model reads 540 MB
+per pass, whether it computes 20 tokens or 200), on a GPU by launching its kernels. So a small pass ignores padding
+(up to :data:`CPU_FREE_CELLS` / :data:`CUDA_FREE_CELLS` token rows), and a larger one may carry 10 % of its real
+tokens as padding on a CPU (where time then grows with the tokens computed) or as many padded as real tokens on a
+GPU.
 
 Trimming keeps every number the model computes (up to float summation order) only where the padding is on the
 right: cutting trailing padding columns changes no position of a real token. A left-padded batch (decoder-only
@@ -29,8 +31,9 @@ import torch
 from attn_probe.methods.base import ExplainContext
 
 CPU_PADDING_ALLOWANCE = 0.1  # padded cells per real cell a CPU pass may carry
+CPU_FREE_CELLS = 512  # token rows (rows x width x repeats) below which a CPU pass ignores padding
 CUDA_PADDING_ALLOWANCE = 1.0
-CUDA_FREE_CELLS = 2**16  # token rows (rows x width x repeats) below which a GPU pass ignores padding
+CUDA_FREE_CELLS = 2**16  # the same on a GPU
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,10 @@ class PaddingPolicy:
 
 def padding_policy(device: torch.device) -> PaddingPolicy:
     """The policy of ``device`` (see the module): on a GPU :data:`CUDA_PADDING_ALLOWANCE` beyond
-    :data:`CUDA_FREE_CELLS`, elsewhere :data:`CPU_PADDING_ALLOWANCE`."""
+    :data:`CUDA_FREE_CELLS`, elsewhere :data:`CPU_PADDING_ALLOWANCE` beyond :data:`CPU_FREE_CELLS`."""
     if device.type == "cuda":
         return PaddingPolicy(CUDA_PADDING_ALLOWANCE, CUDA_FREE_CELLS)
-    return PaddingPolicy(CPU_PADDING_ALLOWANCE)
+    return PaddingPolicy(CPU_PADDING_ALLOWANCE, CPU_FREE_CELLS)
 
 
 def length_passes(

@@ -1,4 +1,5 @@
 """Where our `full` ferret case spends its time on this device: cProfile of one warm call, top 30 by cumulative."""
+
 import cProfile
 import pstats
 import sys

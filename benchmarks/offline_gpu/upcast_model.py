@@ -1,6 +1,7 @@
-"""Upcast the carried float16 copy of minilm-sentiment (.gpu/minilm16, made by prepare.sh; half the bytes: the 64 MiB transfer limit)
-to float32 in $ATTN_PROBE_CACHE/models/minilm-sentiment: both sides of the benchmark then load the same float32
-weights (float16-rounded values of the real model)."""
+"""Upcast the carried float16 copy of minilm-sentiment (.gpu/minilm16, made by prepare.sh; half the bytes: the
+device tool carries at most 64 MiB) to float32 in $ATTN_PROBE_CACHE/models/minilm-sentiment: both sides of the
+benchmark then load the same float32 weights (float16-rounded values of the real model)."""
+
 import os
 import shutil
 import sys

@@ -292,6 +292,7 @@ def test_one_forward_pass_per_level_and_length_and_batch_size_caps_it(monkeypatc
         calls.clear()
         widths.clear()
         monkeypatch.setattr(passes, "CPU_PADDING_ALLOWANCE", 0.0)
+        monkeypatch.setattr(passes, "CPU_FREE_CELLS", 0)  # even the smallest pass counts its padding
         by_length = comprehensiveness_sufficiency(ctx, explanation).per_bin
         # no padding allowed: one pass per distinct length, each as wide as its examples, for both levels
         distinct = sorted(set(lengths.tolist()))
