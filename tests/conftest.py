@@ -35,3 +35,13 @@ def tiny_bert(tokenizer):
         intermediate_size=64, initializer_range=0.2,
     )  # fmt: skip
     return tf.BertForSequenceClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_bert, tokenizer):
+    """The tiny BERT classifier and the MiniLM tokenizer saved as a Hugging Face directory: what
+    ``Probe.load(path)`` and ``--model`` read."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tiny_bert.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -19,15 +19,6 @@ FAST = ["--methods", "raw_attention", "attention_rollout", "saliency", "leave_on
         "erasure", "sinks", "--quiet"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_bert, tokenizer):
-    """The tiny BERT and the MiniLM tokenizer saved as a Hugging Face directory: what --model takes."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tiny_bert.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def reviews(tmp_path):
     path = tmp_path / "reviews.csv"

@@ -573,15 +573,6 @@ PROBE_OPTIONS = {
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_bert, tokenizer):
-    """The tiny BERT and its tokenizer saved as a Hugging Face directory: what ``--model`` takes."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tiny_bert.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def reviews(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "reviews.csv"
     pd.DataFrame({"review": CLI_TEXTS, "label": LABELS[:6]}).to_csv(path, index=False)

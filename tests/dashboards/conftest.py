@@ -19,15 +19,6 @@ CHECKS = ["agreement", "erasure", "flips", "sinks", "counterfactuals"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer, tiny_bert) -> Path:
-    """The tiny BERT classifier and its tokenizer saved where ``Probe.load(path)`` reads them."""
-    folder = tmp_path_factory.mktemp("model")
-    tiny_bert.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, model_dir) -> Path:
     """A complete run of the saved model on four texts, with every example's attention kept (sample=4)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"

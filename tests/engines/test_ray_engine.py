@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,14 +37,6 @@ def local_ray():
     with one_torch_thread():
         yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer, tiny_bert) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    tiny_bert.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
