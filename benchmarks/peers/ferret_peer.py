@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.peers.lm_common import PeerWorker
+from benchmarks.peers.lm_common import PeerWorker, quantile
 from benchmarks.peers.venv import PeerSpec, ensure_peer
 
 FERRET = PeerSpec(
@@ -121,14 +121,6 @@ def sentences(quick: bool, device: str = "cpu") -> list[str]:
     from benchmarks.captum_loop import rotten_tomatoes_sentences
 
     return rotten_tomatoes_sentences(2 if quick else 8 if torch.device(device).type == "cpu" else MAX_TEXTS)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _ours(probe: Any, case: str, texts: list[str]) -> Any:
@@ -362,8 +354,8 @@ def run(
                 "reference_median_s": statistics.median(ferret_s),
                 "ratio": ratio,
                 "speedup": 1.0 / ratio,
-                "paired_ratio_q25": _quantile(paired, 0.25),
-                "paired_ratio_q75": _quantile(paired, 0.75),
+                "paired_ratio_q25": quantile(paired, 0.25),
+                "paired_ratio_q75": quantile(paired, 0.75),
                 "target": 1.0 / SPEEDUP_TARGET if case == "full" else None,
                 "meets_target": ratio <= 1.0 / SPEEDUP_TARGET if case == "full" else True,
                 "per": "example",
